@@ -1,0 +1,226 @@
+"""Command line of eco_train: argparse with `@file` support, validated before any heavy import.
+
+This module imports only the standard library, so `eco_train --help` and every bad-input error
+return in well under a second and never touch torch or the GPU. Bad input exits with code 2 and
+one line that names the flag and the fix.
+
+`@file` rules (SPEC §4): one flag per line, `--flag value` on one line allowed, blank lines and
+`#` comments ignored, several `@file`s allowed, and later flags override earlier ones, so flags
+given after the `@file` on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+VERSION = "0.1.0"
+
+MODEL_PRESETS = ("tiny", "124m", "350m", "1b")
+DATA_BACKENDS = ("seed", "local")
+LOCAL_EXTENSIONS = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+
+
+class UsageError(Exception):
+    """A bad command line: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error, comment-aware `@file` lines and clear missing-file errors."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        raise UsageError(message)
+
+    def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
+        # shlex handles quoting ("--data-path 'my dir'") and strips `# comments`.
+        try:
+            return shlex.split(arg_line, comments=True)
+        except ValueError as e:
+            raise UsageError(f"cannot parse line {arg_line.strip()!r} in an @file: {e}") from e
+
+    def _read_args_from_files(self, arg_strings: list[str]) -> list[str]:
+        for a in arg_strings:
+            if a.startswith("@") and not os.path.isfile(a[1:]):
+                raise UsageError(
+                    f"args file {a[1:]!r} not found (from {a!r}); fix: give the path of an existing "
+                    "file, e.g. @train_sigma_args.txt from the repository root"
+                )
+        return super()._read_args_from_files(arg_strings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value types: each names the rule in its error, argparse adds the flag name.
+
+
+def _int_at_least(lo: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"int>={lo}"
+    return parse
+
+
+def _float_in(lo: float, hi: float, *, lo_open: bool = False):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        ok = (v > lo if lo_open else v >= lo) and v <= hi and v == v
+        if not ok:
+            bracket = "(" if lo_open else "["
+            raise argparse.ArgumentTypeError(f"must be in {bracket}{lo}, {hi}], got {s}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _on_off(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("on", "true", "1", "yes"):
+        return True
+    if v in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {s!r}")
+
+
+_on_off.__name__ = "on|off"
+
+pos_int = _int_at_least(1)
+nonneg_int = _int_at_least(0)
+
+
+def build_parser() -> _Parser:
+    p = _Parser(
+        prog="eco_train",
+        description="SIGMA trainer: pretrain a small language model from random weights in one command.",
+        fromfile_prefix_chars="@",
+        epilog="Example: eco_train @train_sigma_args.txt --steps 500 --output-dir runs/sigma_main",
+        allow_abbrev=False,
+    )
+    p.add_argument("--version", action="version", version=f"eco_train {VERSION}")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--steps", type=pos_int, default=1000, help="optimizer steps to train (default 1000)")
+    g.add_argument("--seed", type=nonneg_int, default=1337, help="seed for weights, data order and sampling")
+    g.add_argument("--output-dir", default="runs/sigma_main", help="run folder: config.json, metrics.jsonl, samples")
+    g.add_argument("--checkpoint-dir", default="checkpoints", help="where the final checkpoint is written")
+    g.add_argument("--export-hf", default=None, metavar="DIR",
+                   help="at the end, export the model as a Hugging Face folder (safetensors + config + tokenizer)")
+
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto: CUDA when present, else CPU (logged loudly). Compute never mixes devices.")
+    g.add_argument("--hardware-profile", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bf16 parameters/state + TF32 + compile on bf16-capable CUDA GPUs, fp32 elsewhere")
+    g.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the model (auto: on for CUDA, off for CPU)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model-preset", choices=MODEL_PRESETS, default="tiny", help="model size preset")
+    g.add_argument("--seq-len", type=_int_at_least(8), default=256, help="tokens per training row")
+    g.add_argument("--init-from", default=None, metavar="HF_DIR",
+                   help="start from a Hugging Face Qwen3 folder (e.g. one written by --export-hf)")
+
+    g = p.add_argument_group("optimizer")
+    g.add_argument("--optimizer", choices=("muon", "c3o"), default="muon",
+                   help="muon: Muon for block matrices + C3O for the rest (strict split); c3o: C3O for all")
+    g.add_argument("--lr", type=_float_in(0.0, 10.0, lo_open=True), default=3e-3, help="peak C3O learning rate")
+    g.add_argument("--muon-lr", type=_float_in(0.0, 10.0, lo_open=True), default=0.02, help="peak Muon learning rate")
+    g.add_argument("--weight-decay", type=_float_in(0.0, 1.0), default=0.0, help="decoupled weight decay")
+    g.add_argument("--lr-schedule", choices=("cosine", "wsd"), default="wsd",
+                   help="after warm-up: cosine decay, or warmup-stable-decay")
+    g.add_argument("--warmup-steps", type=nonneg_int, default=20, help="linear LR warm-up steps")
+    g.add_argument("--grad-clip", type=_float_in(0.0, 1e6), default=1.0, help="clip gradient norm (0 = off)")
+    g.add_argument("--batch-size", type=pos_int, default=8, help="rows per micro-batch")
+    g.add_argument("--grad-accum", type=pos_int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--c3o-state-dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="C3O moment dtype (bf16 uses stochastic rounding); auto follows the hardware profile")
+    g.add_argument("--c3o-cautious", type=_on_off, default=True, metavar="on|off",
+                   help="cautious masking of C3O updates (Liang et al. 2024)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data-backend", choices=DATA_BACKENDS, default="seed",
+                   help="seed: the embedded generated corpus; local: txt/jsonl/parquet files")
+    g.add_argument("--data-path", action="append", default=None, metavar="PATH",
+                   help="file or directory for --data-backend local (repeatable)")
+    g.add_argument("--text-field", default="text", help="text column of jsonl/parquet files")
+    g.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer.json or a folder holding one; default: train byte-level BPE on the stream")
+    g.add_argument("--vocab-size", type=_int_at_least(300), default=4096, help="vocabulary of a trained tokenizer")
+    g.add_argument("--tokenizer-train-chars", type=_int_at_least(1000), default=3_000_000,
+                   help="characters of the stream sampled to train the tokenizer")
+    g.add_argument("--bootstrap-seed-batches", type=nonneg_int, default=0,
+                   help="first N batches come from the embedded seed corpus, identical across runs")
+
+    g = p.add_argument_group("logging and evaluation")
+    g.add_argument("--log-every", type=pos_int, default=10, help="steps between status lines / metrics records")
+    g.add_argument("--eval-every", type=nonneg_int, default=100, help="steps between held-out evaluations (0 = end only)")
+    g.add_argument("--eval-batches", type=pos_int, default=8, help="held-out batches per evaluation")
+    g.add_argument("--sample-every", type=nonneg_int, default=0, help="steps between text samples (0 = end only)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks argparse cannot express: paths that must exist and flags that contradict each other.
+
+
+def _local_path_problem(path: str) -> str | None:
+    if not os.path.exists(path):
+        return f"--data-path {path!r} does not exist; fix: give an existing file or directory"
+    if os.path.isfile(path):
+        if not path.endswith(LOCAL_EXTENSIONS):
+            return (f"--data-path {path!r} has an unsupported extension; fix: use one of "
+                    f"{', '.join(LOCAL_EXTENSIONS)}")
+        return None
+    for _root, _dirs, files in os.walk(path):
+        if any(f.endswith(LOCAL_EXTENSIONS) for f in files):
+            return None
+    return (f"--data-path {path!r} holds no {'/'.join(LOCAL_EXTENSIONS)} files; "
+            "fix: point it at a folder with training text")
+
+
+def validate(ns: argparse.Namespace) -> None:
+    """Raise UsageError for missing paths and contradictory flags."""
+    if ns.data_backend == "local":
+        if not ns.data_path:
+            raise UsageError("--data-backend local needs --data-path; fix: add --data-path DIR_OR_FILE")
+        for path in ns.data_path:
+            if problem := _local_path_problem(path):
+                raise UsageError(problem)
+    elif ns.data_path:
+        raise UsageError(
+            f"--data-path is only read by --data-backend local, but the backend is {ns.data_backend!r}; "
+            "fix: add --data-backend local or drop --data-path"
+        )
+    if ns.tokenizer is not None:
+        tok = ns.tokenizer
+        if not (os.path.isfile(tok) or os.path.isfile(os.path.join(tok, "tokenizer.json"))):
+            raise UsageError(f"--tokenizer {tok!r} is neither a tokenizer.json nor a folder holding one; "
+                             "fix: give an existing tokenizer file, or drop the flag to train one")
+    if ns.init_from is not None and not os.path.isfile(os.path.join(ns.init_from, "config.json")):
+        raise UsageError(f"--init-from {ns.init_from!r} is not a Hugging Face model folder (no config.json); "
+                         "fix: give a folder written by --export-hf")
+    if ns.device == "cpu" and ns.hardware_profile == "bf16":
+        raise UsageError("--hardware-profile bf16 needs a CUDA GPU but --device is cpu; "
+                         "fix: use --hardware-profile auto or fp32 with --device cpu")
+    if ns.eval_batches and ns.seq_len * ns.batch_size > 1 << 24:
+        raise UsageError(f"--seq-len {ns.seq_len} x --batch-size {ns.batch_size} is over 16M tokens per "
+                         "micro-batch; fix: lower --batch-size and raise --grad-accum")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate; raises UsageError on bad input (exit code 2 is the caller's job)."""
+    ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    validate(ns)
+    return ns

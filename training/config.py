@@ -1,0 +1,120 @@
+"""The run's configuration: one small dataclass per subsystem, built once from the parsed flags.
+
+`train_sigma.py` calls `RunConfig.from_args(namespace)` after the CLI has validated the flags and
+passes the pieces down explicitly. Model, data and optimizer sections live beside their code
+(`model.config.ModelConfig`, `training.data.pipeline.DataConfig`); this file holds the rest and the
+assembly. Nothing here rewrites another section.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+
+from training.data.pipeline import DataConfig
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "auto"
+    """auto | cuda | cpu."""
+    profile: str = "auto"
+    """auto | bf16 | fp32 (see training.hardware)."""
+    compile: str = "auto"
+    """auto | on | off: torch.compile of the model."""
+
+
+@dataclass
+class ModelSpec:
+    """How to build the model; the vocabulary size comes from the tokenizer at run time."""
+
+    preset: str = "tiny"
+    seq_len: int = 256
+    init_from: str | None = None
+    """Hugging Face folder to start from instead of random weights."""
+
+
+@dataclass
+class TokenizerConfig:
+    path: str | None = None
+    """tokenizer.json or a folder holding one; None trains byte-level BPE on the stream."""
+    vocab_size: int = 4096
+    train_chars: int = 3_000_000
+    """characters of the training stream sampled to train the tokenizer."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "muon"
+    """muon: Muon for block matrices + C3O for the rest; c3o: C3O for every parameter."""
+    lr: float = 3e-3
+    """peak C3O learning rate."""
+    muon_lr: float = 0.02
+    """peak Muon learning rate."""
+    weight_decay: float = 0.0
+    schedule: str = "wsd"
+    """cosine | wsd (warmup-stable-decay)."""
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    """max global gradient norm; 0 disables clipping."""
+    c3o_state_dtype: str = "auto"
+    """auto | fp32 | bf16; auto follows the hardware profile."""
+    c3o_cautious: bool = True
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 1000
+    seed: int = 1337
+    batch_size: int = 8
+    grad_accum: int = 1
+    log_every: int = 10
+    eval_every: int = 100
+    """0: evaluate at the start and the end only."""
+    eval_batches: int = 8
+    sample_every: int = 0
+    """0: write samples at the end only."""
+    output_dir: str = "runs/sigma_main"
+    checkpoint_dir: str = "checkpoints"
+    export_hf: str | None = None
+
+
+@dataclass
+class RunConfig:
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> RunConfig:
+        """Build from flags already validated by training.cli."""
+        return cls(
+            hardware=HardwareConfig(device=ns.device, profile=ns.hardware_profile, compile=ns.compile),
+            model=ModelSpec(preset=ns.model_preset, seq_len=ns.seq_len, init_from=ns.init_from),
+            tokenizer=TokenizerConfig(path=ns.tokenizer, vocab_size=ns.vocab_size,
+                                      train_chars=ns.tokenizer_train_chars),
+            data=DataConfig(
+                backend=ns.data_backend,
+                paths=list(ns.data_path or []),
+                text_field=ns.text_field,
+                bootstrap_seed_batches=ns.bootstrap_seed_batches,
+                seed=ns.seed,
+            ),
+            optim=OptimConfig(
+                name=ns.optimizer, lr=ns.lr, muon_lr=ns.muon_lr, weight_decay=ns.weight_decay,
+                schedule=ns.lr_schedule, warmup_steps=ns.warmup_steps, grad_clip=ns.grad_clip,
+                c3o_state_dtype=ns.c3o_state_dtype, c3o_cautious=ns.c3o_cautious,
+            ),
+            loop=LoopConfig(
+                steps=ns.steps, seed=ns.seed, batch_size=ns.batch_size, grad_accum=ns.grad_accum,
+                log_every=ns.log_every, eval_every=ns.eval_every, eval_batches=ns.eval_batches,
+                sample_every=ns.sample_every, output_dir=ns.output_dir, checkpoint_dir=ns.checkpoint_dir,
+                export_hf=ns.export_hf,
+            ),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -15,6 +15,7 @@ import json
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def one_run(args: argparse.Namespace, out: Path) -> dict:
         "--grad-accum", "1", "--steps", str(args.steps), "--log-every", str(args.log_every),
         "--eval-every", "0", "--eval-batches", "2", "--sample-every", "0", "--warmup-steps", "10",
         "--tokenizer-train-chars", str(args.tokenizer_chars), "--vocab-size", str(args.vocab_size),
+        "--data-backend", "local", "--data-path", args.data_path,
         "--output-dir", str(out), "--checkpoint-dir", str(out / "ckpt"), "--compile", args.compile,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -81,8 +83,10 @@ def main() -> None:
     p.add_argument("--skip-logs", type=int, default=2, help="log intervals dropped as warm-up/compile")
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--vocab-size", type=int, default=32768)
-    p.add_argument("--tokenizer-chars", type=int, default=2_000_000)
+    p.add_argument("--tokenizer-chars", type=int, default=20_000_000)
     p.add_argument("--compile", default="on")
+    p.add_argument("--data-path", default=sysconfig.get_paths()["stdlib"],
+                   help="local corpus (default: this Python's standard library source, real code text)")
     p.add_argument("--out", default=None, help="folder for run outputs and results.json")
     args = p.parse_args()
 

@@ -60,8 +60,9 @@ def test_help_and_version():
         (["@does_not_exist.txt"], "args file 'does_not_exist.txt' not found"),
         (["--data-backend", "local"], "--data-backend local needs --data-path"),
         (["--data-backend", "local", "--data-path", "/nonexistent/corpus"],
-         "--data-path '/nonexistent/corpus' does not exist"),
+         "--data-path: data path does not exist: /nonexistent/corpus"),
         (["--data-path", "."], "--data-path is only read by --data-backend local"),
+        (["--steps", "5", "--warmup-steps", "10"], "--warmup-steps 10 is more than --steps 5"),
         (["--device", "cpu", "--hardware-profile", "bf16"], "--hardware-profile bf16 needs a CUDA GPU"),
         (["--tokenizer", "/nonexistent/tok.json"], "--tokenizer '/nonexistent/tok.json' is neither"),
         (["--init-from", "/nonexistent/model"], "--init-from '/nonexistent/model' is not a Hugging Face"),
@@ -87,11 +88,11 @@ def test_bad_input_inside_args_file_names_the_flag(tmp_path):
 def test_local_path_problems(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(UsageError, match="holds no"):
+    with pytest.raises(UsageError, match="directory has no supported data files"):
         parse_args(["--data-backend", "local", "--data-path", str(empty)])
     bad = tmp_path / "data.csv"
     bad.write_text("a,b\n")
-    with pytest.raises(UsageError, match="unsupported extension"):
+    with pytest.raises(UsageError, match="unsupported data file extension"):
         parse_args(["--data-backend", "local", "--data-path", str(bad)])
     good = tmp_path / "ok"
     good.mkdir()

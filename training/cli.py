@@ -21,7 +21,6 @@ VERSION = "0.1.0"
 
 MODEL_PRESETS = ("tiny", "124m", "350m", "1b")
 DATA_BACKENDS = ("seed", "local")
-LOCAL_EXTENSIONS = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 
 
 class UsageError(Exception):
@@ -140,7 +139,8 @@ def build_parser() -> _Parser:
     g.add_argument("--weight-decay", type=_float_in(0.0, 1.0), default=0.0, help="decoupled weight decay")
     g.add_argument("--lr-schedule", choices=("cosine", "wsd"), default="wsd",
                    help="after warm-up: cosine decay, or warmup-stable-decay")
-    g.add_argument("--warmup-steps", type=nonneg_int, default=20, help="linear LR warm-up steps")
+    g.add_argument("--warmup-steps", type=nonneg_int, default=None,
+                   help="linear LR warm-up steps (default: a tenth of --steps, at most 100)")
     g.add_argument("--grad-clip", type=_float_in(0.0, 1e6), default=1.0, help="clip gradient norm (0 = off)")
     g.add_argument("--batch-size", type=pos_int, default=8, help="rows per micro-batch")
     g.add_argument("--grad-accum", type=pos_int, default=1, help="micro-batches per optimizer step")
@@ -151,7 +151,7 @@ def build_parser() -> _Parser:
 
     g = p.add_argument_group("data")
     g.add_argument("--data-backend", choices=DATA_BACKENDS, default="seed",
-                   help="seed: the embedded generated corpus; local: txt/jsonl/parquet files")
+                   help="seed: the embedded generated corpus; local: txt/md/py, jsonl(.gz) and parquet files")
     g.add_argument("--data-path", action="append", default=None, metavar="PATH",
                    help="file or directory for --data-backend local (repeatable)")
     g.add_argument("--text-field", default="text", help="text column of jsonl/parquet files")
@@ -175,29 +175,17 @@ def build_parser() -> _Parser:
 # Checks argparse cannot express: paths that must exist and flags that contradict each other.
 
 
-def _local_path_problem(path: str) -> str | None:
-    if not os.path.exists(path):
-        return f"--data-path {path!r} does not exist; fix: give an existing file or directory"
-    if os.path.isfile(path):
-        if not path.endswith(LOCAL_EXTENSIONS):
-            return (f"--data-path {path!r} has an unsupported extension; fix: use one of "
-                    f"{', '.join(LOCAL_EXTENSIONS)}")
-        return None
-    for _root, _dirs, files in os.walk(path):
-        if any(f.endswith(LOCAL_EXTENSIONS) for f in files):
-            return None
-    return (f"--data-path {path!r} holds no {'/'.join(LOCAL_EXTENSIONS)} files; "
-            "fix: point it at a folder with training text")
-
-
 def validate(ns: argparse.Namespace) -> None:
     """Raise UsageError for missing paths and contradictory flags."""
     if ns.data_backend == "local":
         if not ns.data_path:
             raise UsageError("--data-backend local needs --data-path; fix: add --data-path DIR_OR_FILE")
-        for path in ns.data_path:
-            if problem := _local_path_problem(path):
-                raise UsageError(problem)
+        # training.data.local imports only the standard library (pyarrow only for .parquet files).
+        from training.data.local import validate_local_paths
+
+        if problems := validate_local_paths(ns.data_path, text_field=ns.text_field):
+            raise UsageError(f"--data-path: {problems[0]}; fix: give existing files or folders of "
+                             "supported types (and --text-field for jsonl/parquet)")
     elif ns.data_path:
         raise UsageError(
             f"--data-path is only read by --data-backend local, but the backend is {ns.data_backend!r}; "
@@ -211,6 +199,11 @@ def validate(ns: argparse.Namespace) -> None:
     if ns.init_from is not None and not os.path.isfile(os.path.join(ns.init_from, "config.json")):
         raise UsageError(f"--init-from {ns.init_from!r} is not a Hugging Face model folder (no config.json); "
                          "fix: give a folder written by --export-hf")
+    if ns.warmup_steps is None:
+        ns.warmup_steps = min(100, ns.steps // 10)
+    elif ns.warmup_steps > ns.steps:
+        raise UsageError(f"--warmup-steps {ns.warmup_steps} is more than --steps {ns.steps}; "
+                         "fix: lower --warmup-steps or raise --steps")
     if ns.device == "cpu" and ns.hardware_profile == "bf16":
         raise UsageError("--hardware-profile bf16 needs a CUDA GPU but --device is cpu; "
                          "fix: use --hardware-profile auto or fp32 with --device cpu")

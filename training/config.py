@@ -55,6 +55,7 @@ class OptimConfig:
     schedule: str = "wsd"
     """cosine | wsd (warmup-stable-decay)."""
     warmup_steps: int = 20
+    """linear warm-up; the CLI defaults it to a tenth of the steps, at most 100."""
     grad_clip: float = 1.0
     """max global gradient norm; 0 disables clipping."""
     c3o_state_dtype: str = "auto"

@@ -28,7 +28,12 @@ from training.data.tokenizer import load_tokenizer, save_tokenizer, train_tokeni
 from training.hardware import HardwareProfile, resolve_profile
 from training.metrics import Ema, MetricsWriter, StepTimer, git_revision, library_versions
 from training.optim import build_optimizers
-from training.optim.newton_schulz import check_instant_inversion, instant_inversion_selftest
+from training.optim.newton_schulz import (
+    DEFAULT_NS_COEFFICIENTS,
+    DEFAULT_NS_STEPS,
+    check_instant_inversion,
+    instant_inversion_selftest,
+)
 from training.schedules import lr_multiplier, muon_momentum
 
 SAMPLE_PROMPTS = ("The ", "def ", "Question: ")
@@ -77,7 +82,10 @@ def build_model(cfg: RunConfig, vocab_size: int, hw: HardwareProfile) -> SigmaLM
             raise RuntimeError(f"--init-from model has vocab {model.cfg.vocab_size} but the tokenizer has "
                                f"{vocab_size}; fix: pass --tokenizer {cfg.model.init_from}")
     else:
-        mcfg: ModelConfig = from_preset(cfg.model.preset, vocab_size=vocab_size, max_seq_len=cfg.model.seq_len)
+        # Round the embedding up to a multiple of 128 rows: the LM-head matmul then tiles evenly
+        # on tensor cores (nanoGPT's 50257 -> 50304). The extra rows are never targets.
+        padded = -(-vocab_size // 128) * 128
+        mcfg: ModelConfig = from_preset(cfg.model.preset, vocab_size=padded, max_seq_len=cfg.model.seq_len)
         model = SigmaLM(mcfg)
         model.init_weights(seed=cfg.loop.seed)
     model.to(hw.device)
@@ -233,12 +241,18 @@ def _run(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float) 
     heldout = pipeline.heldout_batches(loop.eval_batches)
 
     model = build_model(cfg, tok.get_vocab_size(), hw)
-    opt, split = build_optimizers(
-        model, optimizer=cfg.optim.name, lr=cfg.optim.lr, muon_lr=cfg.optim.muon_lr,
-        weight_decay=cfg.optim.weight_decay, c3o_state_dtype=hw.c3o_state_dtype,
-        c3o_cautious=cfg.optim.c3o_cautious, seed=loop.seed,
+    opt = build_optimizers(
+        model, lr=cfg.optim.lr, muon_lr=cfg.optim.muon_lr, weight_decay=cfg.optim.weight_decay,
+        betas=(0.9, 0.95), c3o_state_dtype=hw.c3o_state_dtype, c3o_cautious=cfg.optim.c3o_cautious,
+        muon_momentum=muon_momentum(0), ns_steps=DEFAULT_NS_STEPS, seed=loop.seed,
+        use_muon=cfg.optim.name == "muon",
     )
-    inversion = instant_inversion_selftest(device=hw.device)
+    split_summary = opt.split.summary if opt.muon is not None else {
+        "muon_params": 0, "c3o_params": len(opt.split.muon) + len(opt.split.c3o),
+        "muon_numel": 0, "c3o_numel": opt.split.muon_numel + opt.split.c3o_numel}
+    # The self-test runs the very iteration Muon uses: same kernel, steps, coefficients and dtype.
+    inversion = instant_inversion_selftest(steps=DEFAULT_NS_STEPS, coefficients=DEFAULT_NS_COEFFICIENTS,
+                                           dtype=torch.bfloat16, device=hw.device)
     check_instant_inversion(inversion)
     forward = torch.compile(model) if hw.compile else model
 
@@ -249,7 +263,7 @@ def _run(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float) 
     })
     print(json.dumps(resolved["config"], indent=None, default=str), flush=True)
     startup_init_s = time.perf_counter() - t_start
-    console.facts(model_params=n_params, **split.summary, **inversion, startup_init_s=round(startup_init_s, 2))
+    console.facts(model_params=n_params, **split_summary, **inversion, startup_init_s=round(startup_init_s, 2))
 
     state = TrainState()
     eval0 = evaluate(forward, model, heldout, hw)
@@ -257,7 +271,7 @@ def _run(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float) 
     console.say(f"held-out loss at step 0: {eval0:.4f}")
     startup = {"startup_init_s": startup_init_s, "instant_inversion_iters": inversion["instant_inversion_iters"],
                "instant_inversion_rel_residual": inversion["instant_inversion_rel_residual"],
-               "n_params": n_params, "flops_per_token": flops_per_token, **split.summary,
+               "n_params": n_params, "flops_per_token": flops_per_token, **split_summary,
                **hw.startup_fields()}
 
     timer = StepTimer(hw.device)

@@ -1,0 +1,430 @@
+"""Optimizer tests: Muon vs torch.optim.Muon, C3O vs torch.optim.AdamW, the strict split,
+stochastic rounding, cautious masking, instant-inversion self-test, convergence and resume.
+All CPU, a few seconds in total.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from training.optim import (
+    C3O,
+    INSTANT_INVERSION_MAX_RESIDUAL,
+    Muon,
+    OptimizerPair,
+    build_optimizers,
+    check_instant_inversion,
+    instant_inversion_selftest,
+    split_params,
+    stochastic_round_to_bf16,
+    zeropower_via_newtonschulz,
+)
+from training.optim.c3o import cautious_mask_
+from training.optim.newton_schulz import DEFAULT_NS_COEFFICIENTS
+
+# ---------------------------------------------------------------------------- helpers
+
+# Several shapes, with repeats (batched orthogonalization) and a tall and a wide matrix.
+MUON_SHAPES = [(16, 8), (8, 16), (16, 8), (12, 12), (16, 8), (12, 12), (24, 5)]
+
+
+def _params(shapes: list[tuple[int, ...]], seed: int = 0) -> list[nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    return [nn.Parameter(torch.randn(*s, generator=gen)) for s in shapes]
+
+
+def _run(opt: torch.optim.Optimizer, params: list[nn.Parameter], steps: int, seed: int = 1) -> None:
+    """Deterministic fake gradients, identical for any optimizer given the same params and seed."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+        opt.step()
+
+
+class FakeModel(nn.Module):
+    """Tiny stand-in for the real model: embedding -> 2 block matrices -> norm -> tied/untied head."""
+
+    def __init__(self, vocab: int = 11, dim: int = 8, tied: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.block = nn.ModuleDict(
+            {"up": nn.Linear(dim, 2 * dim, bias=False), "down": nn.Linear(2 * dim, dim, bias=False)}
+        )
+        self.norm = nn.RMSNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        if tied:
+            self.head.weight = self.embed.weight
+        self.roles_override: dict[str, str] | None = None
+
+    def param_roles(self) -> dict[str, str]:
+        if self.roles_override is not None:
+            return dict(self.roles_override)
+        roles = {"block.up.weight": "matrix", "block.down.weight": "matrix", "norm.weight": "norm"}
+        roles["embed.weight"] = "embedding"
+        if self.head.weight is not self.embed.weight:
+            roles["head.weight"] = "head"
+        return roles
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        h = h + self.block["down"](torch.relu(self.block["up"](h)))
+        return self.head(self.norm(h))
+
+
+# ---------------------------------------------------------------------------- Muon
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("adjust_lr_fn", [None, "original", "match_rms_adamw"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_muon_matches_torch_muon(nesterov: bool, adjust_lr_fn: str | None, weight_decay: float) -> None:
+    ours_p = _params(MUON_SHAPES)
+    ref_p = [nn.Parameter(p.detach().clone()) for p in ours_p]
+    kwargs = dict(
+        lr=0.02, weight_decay=weight_decay, momentum=0.9, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn
+    )
+    _run(Muon(ours_p, **kwargs), ours_p, steps=5)
+    _run(torch.optim.Muon(ref_p, **kwargs), ref_p, steps=5)
+    for a, b in zip(ours_p, ref_p, strict=True):
+        # Same bf16 kernel, batched or not: bit-identical on CPU.
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_muon_defaults_match_torch() -> None:
+    ours = Muon(_params([(4, 4)])).defaults
+    ref = torch.optim.Muon(_params([(4, 4)])).defaults
+    for key in ("lr", "weight_decay", "momentum", "nesterov", "eps", "ns_steps", "adjust_lr_fn"):
+        assert ours[key] == ref[key], key
+    assert tuple(ours["ns_coefficients"]) == tuple(ref["ns_coefficients"]) == DEFAULT_NS_COEFFICIENTS
+
+
+def test_muon_rejects_non_matrix() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([nn.Parameter(torch.zeros(4))])
+
+
+def test_batched_newton_schulz_equals_per_matrix() -> None:
+    G = torch.randn(5, 20, 12)
+    batched = zeropower_via_newtonschulz(G)
+    single = torch.stack([zeropower_via_newtonschulz(g) for g in G])
+    torch.testing.assert_close(batched, single, rtol=0, atol=0)
+    assert batched.dtype == G.dtype
+
+
+def test_muon_update_is_orthogonal() -> None:
+    """The applied update is U S' V^T for the gradient's SVD U S V^T, with S' in the quintic's band."""
+    grad = torch.randn(32, 16)
+    p = nn.Parameter(torch.zeros(32, 16))
+    opt = Muon([p], lr=1.0, weight_decay=0.0, nesterov=False, momentum=0.0)  # update = NS(grad)
+    p.grad = grad.clone()
+    opt.step()
+    update = -p.detach() / math.sqrt(32 / 16)  # undo the "original" lr adjustment
+    s = torch.linalg.svdvals(update)
+    assert s.min() > 0.5 and s.max() < 1.5, s
+    # Same singular vectors as the gradient: U^T O V is diagonal (off-diagonal only bf16 noise).
+    U, _, Vh = torch.linalg.svd(grad, full_matrices=False)
+    core = U.T @ update @ Vh.T
+    off_diag = core - torch.diag(torch.diagonal(core))
+    assert off_diag.abs().max() < 0.05, off_diag.abs().max()
+    # fp32 with more steps: still in the band, and ortho^T ortho ~ I within the band's width.
+    ortho = zeropower_via_newtonschulz(grad, steps=10, dtype=torch.float32)
+    s32 = torch.linalg.svdvals(ortho)
+    assert s32.min() > 0.6 and s32.max() < 1.3, s32
+    torch.testing.assert_close(ortho.T @ ortho, torch.eye(16), atol=0.5, rtol=0)
+
+
+def test_muon_custom_ns_fn_is_called_once_per_shape() -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def spy(G: torch.Tensor, **kw: object) -> torch.Tensor:
+        calls.append(tuple(G.shape))
+        return zeropower_via_newtonschulz(G, **kw)  # type: ignore[arg-type]
+
+    params = _params(MUON_SHAPES)
+    _run(Muon(params, ns_fn=spy), params, steps=1)
+    assert sorted(calls) == sorted([(3, 16, 8), (1, 8, 16), (2, 12, 12), (1, 24, 5)])
+
+
+# ---------------------------------------------------------------------------- instant inversion
+
+
+def test_instant_inversion_default_config_passes() -> None:
+    result = instant_inversion_selftest(
+        steps=5, coefficients=DEFAULT_NS_COEFFICIENTS, dtype=torch.bfloat16, device="cpu"
+    )
+    print(
+        f"instant_inversion_rel_residual={result['instant_inversion_rel_residual']:.4f} "
+        f"(bound {INSTANT_INVERSION_MAX_RESIDUAL})"
+    )
+    assert result["instant_inversion_iters"] == 5
+    assert 0.05 < result["instant_inversion_rel_residual"] < INSTANT_INVERSION_MAX_RESIDUAL
+    check_instant_inversion(result)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_instant_inversion_too_few_steps_fails(steps: int) -> None:
+    result = instant_inversion_selftest(
+        steps=steps, coefficients=DEFAULT_NS_COEFFICIENTS, dtype=torch.bfloat16, device="cpu"
+    )
+    with pytest.raises(RuntimeError, match="exceeds the bound"):
+        check_instant_inversion(result)
+
+
+def test_instant_inversion_nan_fails() -> None:
+    def nan_kernel(G: torch.Tensor, **kw: object) -> torch.Tensor:
+        return zeropower_via_newtonschulz(G * float("nan"), **kw)  # type: ignore[arg-type]
+
+    result = instant_inversion_selftest(
+        steps=5, coefficients=DEFAULT_NS_COEFFICIENTS, dtype=torch.bfloat16, device="cpu", ns_fn=nan_kernel
+    )
+    with pytest.raises(RuntimeError, match="non-finite"):
+        check_instant_inversion(result)
+
+
+def test_instant_inversion_wrong_coefficients_fail() -> None:
+    result = instant_inversion_selftest(
+        steps=5, coefficients=(1.5, -0.5, 0.0), dtype=torch.float32, device="cpu"
+    )
+    with pytest.raises(RuntimeError):
+        check_instant_inversion(result)
+
+
+# ---------------------------------------------------------------------------- C3O
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_c3o_equals_adamw(weight_decay: float) -> None:
+    shapes = [(7, 5), (5,), (3, 4, 2)]
+    ours_p = _params(shapes)
+    ref_p = [nn.Parameter(p.detach().clone()) for p in ours_p]
+    kwargs = dict(lr=3e-3, betas=(0.8, 0.95), eps=1e-7, weight_decay=weight_decay)
+    _run(C3O(ours_p, cautious=False, state_dtype=torch.float32, **kwargs), ours_p, steps=20)
+    _run(torch.optim.AdamW(ref_p, **kwargs), ref_p, steps=20)
+    for a, b in zip(ours_p, ref_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_stochastic_rounding_is_unbiased() -> None:
+    # A value a quarter of the way between two bf16 neighbours: round-to-nearest always rounds down.
+    lo = torch.tensor(1.0, dtype=torch.bfloat16).float()
+    ulp = 2.0**-7
+    x = torch.full((200_000,), float(lo) + 0.25 * ulp)
+    gen = torch.Generator().manual_seed(0)
+    sr = stochastic_round_to_bf16(x, gen).float()
+    assert set(sr.unique().tolist()) == {1.0, 1.0 + ulp}
+    assert abs(sr.mean().item() - x[0].item()) < 0.01 * ulp
+    assert x.to(torch.bfloat16).float().mean().item() == 1.0  # nearest: biased by -0.25 ulp
+    # Negative values and specials.
+    neg = stochastic_round_to_bf16(-x, gen).float()
+    assert abs(neg.mean().item() + x[0].item()) < 0.01 * ulp
+    special = torch.tensor([float("inf"), float("-inf"), 0.0, -0.0])
+    assert torch.equal(stochastic_round_to_bf16(special, gen).float(), special)
+    assert stochastic_round_to_bf16(torch.tensor([float("nan")]), gen).isnan().all()
+
+
+def _least_squares(opt_factory, steps: int = 300, param_dtype: torch.dtype = torch.float32) -> float:
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(64, 16, generator=gen)
+    w_true = torch.randn(16, 1, generator=gen)
+    y = A @ w_true
+    w = nn.Parameter(torch.zeros(16, 1, dtype=param_dtype))
+    opt = opt_factory([w])
+    for _ in range(steps):
+        loss = ((A @ w.float() - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return ((A @ w.float() - y) ** 2).mean().item()
+
+
+def test_c3o_bf16_state_tracks_fp32() -> None:
+    kw = dict(lr=0.03, betas=(0.9, 0.999), weight_decay=0.0)
+    start = _least_squares(lambda p: C3O(p, **kw), steps=0)
+    fp32 = _least_squares(lambda p: C3O(p, state_dtype=torch.float32, **kw))
+    bf16 = _least_squares(lambda p: C3O(p, state_dtype=torch.bfloat16, **kw))
+    # bf16 params too (SR on the parameter write-back): still converges.
+    bf16_params = _least_squares(
+        lambda p: C3O(p, state_dtype=torch.bfloat16, **kw), param_dtype=torch.bfloat16
+    )
+    assert fp32 < 1e-3 * start
+    assert bf16 < max(5 * fp32, 1e-4 * start), (fp32, bf16)
+    assert bf16_params < 1e-2 * start, bf16_params
+
+
+def test_c3o_bf16_param_sr_keeps_small_updates() -> None:
+    """A bf16 parameter nudged by less than half an ulp per step: nearest rounding would never move it."""
+    p = nn.Parameter(torch.ones(4096, dtype=torch.bfloat16))
+    opt = C3O([p], lr=1e-3, weight_decay=0.0, state_dtype=torch.bfloat16)  # Adam step ~ lr << ulp(1)/2
+    for _ in range(50):
+        p.grad = torch.ones_like(p)
+        opt.step()
+    moved = 1.0 - p.float().mean().item()
+    assert moved == pytest.approx(50 * 1e-3, rel=0.1)
+    # Round-to-nearest would lose every one of those steps: 1 - 1e-3 rounds back to 1 in bf16.
+    assert torch.tensor(1.0 - 1e-3).to(torch.bfloat16).item() == 1.0
+
+
+def test_cautious_mask_zeroes_disagreeing_components() -> None:
+    update = torch.tensor([1.0, -2.0, 3.0, -4.0])
+    grad = torch.tensor([0.5, 1.0, 2.0, -1.0])  # agrees at 0, 2, 3
+    out = cautious_mask_(update.clone(), grad)
+    torch.testing.assert_close(out, torch.tensor([1.0, 0.0, 3.0, -4.0]) / 0.75)
+    # All disagree: everything zero, no division blow-up.
+    assert torch.equal(cautious_mask_(update.clone(), -update), torch.zeros(4))
+
+
+def test_c3o_cautious_skips_disagreeing_coordinates() -> None:
+    p = nn.Parameter(torch.zeros(2))
+    opt = C3O([p], lr=0.1, weight_decay=0.0, cautious=True)
+    p.grad = torch.tensor([1.0, 1.0])
+    opt.step()
+    before = p.detach().clone()
+    p.grad = torch.tensor([1.0, -1e-3])  # second coordinate: momentum still positive, grad negative
+    opt.step()
+    assert p[0] < before[0]
+    assert p[1] == before[1]
+
+
+# ---------------------------------------------------------------------------- split
+
+
+def test_split_groups_and_counts() -> None:
+    model = FakeModel()
+    split = split_params(model)
+    assert [n for n, _ in split.muon] == ["block.up.weight", "block.down.weight"]
+    assert {n for n, _ in split.c3o} == {
+        "embed.weight",
+        "norm.weight",
+        "head.weight",
+    }  # 2-D embedding/head -> C3O
+    assert split.summary == {"muon_params": 2, "c3o_params": 3, "muon_numel": 256, "c3o_numel": 88 + 8 + 88}
+
+
+def test_split_tied_head_counted_once() -> None:
+    model = FakeModel(tied=True)
+    split = split_params(model)
+    assert [n for n, _ in split.c3o] == ["embed.weight", "norm.weight"]
+    assert split.aliases == {"embed.weight": ["head.weight"]}
+    assert split.c3o_numel == 88 + 8
+    # Declaring the alias too is fine while the roles agree on the optimizer.
+    model.roles_override = {**model.param_roles(), "head.weight": "head"}
+    assert split_params(model).roles["embed.weight"] == "embedding"
+
+
+def test_split_errors_name_the_parameter() -> None:
+    model = FakeModel()
+    base = model.param_roles()
+    model.roles_override = {**base, "norm.weight": "matrix"}
+    with pytest.raises(ValueError, match=r"'norm.weight'.*'matrix'.*1-D"):
+        split_params(model)
+    model.roles_override = {k: v for k, v in base.items() if k != "block.down.weight"}
+    with pytest.raises(ValueError, match=r"'block.down.weight'.*no entry in param_roles"):
+        split_params(model)
+    model.roles_override = {**base, "ghost.weight": "norm"}
+    with pytest.raises(ValueError, match=r"'ghost.weight'.*not a parameter"):
+        split_params(model)
+    model.roles_override = {**base, "head.weight": "bias"}
+    with pytest.raises(ValueError, match=r"'head.weight'.*unknown role 'bias'"):
+        split_params(model)
+    tied = FakeModel(tied=True)
+    tied.roles_override = {**tied.param_roles(), "head.weight": "matrix"}
+    with pytest.raises(ValueError, match=r"'embed.weight'.*tied"):
+        split_params(tied)
+
+
+def test_split_skips_frozen() -> None:
+    model = FakeModel()
+    model.norm.weight.requires_grad_(False)
+    split = split_params(model)
+    assert "norm.weight" not in {n for n, _ in split.c3o}
+
+
+def test_build_optimizers_weight_decay_groups() -> None:
+    pair = build_optimizers(
+        FakeModel(),
+        lr=1e-3,
+        muon_lr=0.02,
+        weight_decay=0.1,
+        betas=(0.9, 0.95),
+        c3o_state_dtype=torch.float32,
+        c3o_cautious=False,
+        muon_momentum=0.95,
+        ns_steps=5,
+    )
+    assert pair.muon is not None and pair.c3o is not None
+    assert pair.muon.param_groups[0]["weight_decay"] == 0.1
+    wd = {g["name"]: (g["weight_decay"], len(g["params"])) for g in pair.c3o.param_groups}
+    assert wd == {"c3o_decay": (0.1, 1), "c3o_no_decay": (0.0, 2)}  # head decayed; embedding, norm not
+    pair.set_lr_multiplier(0.5, momentum=0.9)
+    assert pair.lrs() == {"muon": 0.01, "c3o_decay": 5e-4, "c3o_no_decay": 5e-4}
+    assert pair.muon.param_groups[0]["momentum"] == 0.9
+
+
+# ---------------------------------------------------------------------------- convergence and resume
+
+
+def _build(
+    model: nn.Module, state_dtype: torch.dtype = torch.float32, cautious: bool = False
+) -> OptimizerPair:
+    return build_optimizers(
+        model,
+        lr=1e-2,
+        muon_lr=0.02,
+        weight_decay=0.01,
+        betas=(0.9, 0.95),
+        c3o_state_dtype=state_dtype,
+        c3o_cautious=cautious,
+        muon_momentum=0.95,
+        ns_steps=5,
+    )
+
+
+def _train(model: nn.Module, pair: OptimizerPair, steps: int, start: int = 0) -> list[float]:
+    losses = []
+    for step in range(start, start + steps):
+        gen = torch.Generator().manual_seed(step)
+        x = torch.randint(0, 11, (16, 6), generator=gen)
+        y = (x * 3 + 1) % 11  # a learnable token map
+        loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        pair.zero_grad(set_to_none=True)
+        loss.backward()
+        pair.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("cautious", [False, True])
+def test_muon_c3o_reduce_loss(cautious: bool) -> None:
+    torch.manual_seed(0)
+    model = FakeModel(dim=16)
+    losses = _train(model, _build(model, cautious=cautious), steps=60)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_state_dict_round_trip_is_bit_identical(state_dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    straight = FakeModel()
+    resumed = copy.deepcopy(straight)
+
+    pair = _build(straight, state_dtype)
+    _train(straight, pair, 6)
+
+    first = _build(resumed, state_dtype)
+    _train(resumed, first, 3)
+    saved = copy.deepcopy(first.state_dict())
+    fresh = _build(resumed, state_dtype)
+    fresh.load_state_dict(saved)
+    if state_dtype == torch.bfloat16:
+        assert fresh.c3o is not None
+        assert all(s["exp_avg"].dtype == torch.bfloat16 for s in fresh.c3o.state.values())
+    _train(resumed, fresh, 3, start=3)
+
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters(), strict=True):
+        assert torch.equal(a, b), name

@@ -24,6 +24,7 @@ from model.hf_compat import export_hf, load_hf
 from training import console
 from training.config import RunConfig
 from training.data.pipeline import Batch, DataPipeline
+from training.data.prefetch import Prefetcher
 from training.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from training.hardware import HardwareProfile, resolve_profile
 from training.metrics import Ema, MetricsWriter, StepTimer, git_revision, library_versions
@@ -113,7 +114,7 @@ def to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.T
             batch.targets_BT.to(device, non_blocking=non_blocking))
 
 
-def train_step(forward, model: SigmaLM, opt, pipeline: DataPipeline, cfg: RunConfig, hw: HardwareProfile,
+def train_step(forward, model: SigmaLM, opt, pipeline: Prefetcher, cfg: RunConfig, hw: HardwareProfile,
                timer: StepTimer) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """One optimizer step over grad_accum micro-batches. Returns (loss, grad_norm, tokens, data_s).
 
@@ -239,6 +240,16 @@ def _run(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float) 
     tok = prepare_tokenizer(cfg, sampler, run_dir)
     pipeline = DataPipeline(cfg.data, tok, seq_len=cfg.model.seq_len, batch_size=loop.batch_size)
     heldout = pipeline.heldout_batches(loop.eval_batches)
+    batches = Prefetcher(pipeline, pin_memory=hw.device.type == "cuda")
+    try:
+        return _train(cfg, run_dir, metrics, t_start, hw, tok, batches, heldout, provenance)
+    finally:
+        batches.close()
+
+
+def _train(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float, hw: HardwareProfile, tok,
+           pipeline: Prefetcher, heldout: list[Batch], provenance: dict) -> int:
+    loop = cfg.loop
 
     model = build_model(cfg, tok.get_vocab_size(), hw)
     opt = build_optimizers(

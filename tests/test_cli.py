@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from entry import run_eco_train
 
 from training.cli import UsageError, parse_args
 
@@ -14,10 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED_ARGS_FILES = sorted(REPO.glob("train_sigma_args*.txt"))
 
 
-def eco_train(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """Run the source entry point as a user would (a real process, real exit code)."""
-    return subprocess.run([sys.executable, str(REPO / "train_sigma.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+def eco_train(*args: str) -> subprocess.CompletedProcess:
+    return run_eco_train(*args, timeout=60)
 
 
 def test_shipped_args_files_exist_and_parse():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from entry import run_eco_train
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "tests" / "assets" / "reference_losses_tiny.json"
@@ -31,11 +31,8 @@ STARTUP_FIELDS = {"startup_init_s", "time_to_first_batch_s", "time_to_first_step
 
 def train(tmp_path: Path, *extra: str, name: str = "run") -> tuple[subprocess.CompletedProcess, list[dict], Path]:
     out = tmp_path / name
-    r = subprocess.run(
-        [sys.executable, str(REPO / "train_sigma.py"), *TINY, "--output-dir", str(out),
-         "--checkpoint-dir", str(out / "checkpoints"), *extra],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )
+    r = run_eco_train(*TINY, "--output-dir", str(out), "--checkpoint-dir", str(out / "checkpoints"), *extra,
+                      cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return r, records, out
@@ -128,11 +125,8 @@ def test_local_backend_and_c3o_only(tmp_path):
 def test_readme_cpu_main_job(tmp_path):
     """README command 1's job on the CPU: first step within 60 s, held-out loss >= 30% lower at the end."""
     out = tmp_path / "main"
-    r = subprocess.run(
-        [sys.executable, str(REPO / "train_sigma.py"), f"@{REPO / 'train_sigma_args.txt'}",
-         f"@{REPO / 'train_sigma_args_cpu.txt'}", "--output-dir", str(out), "--checkpoint-dir", str(out / "ck")],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
+    r = run_eco_train(f"@{REPO / 'train_sigma_args.txt'}", f"@{REPO / 'train_sigma_args_cpu.txt'}",
+                      "--output-dir", str(out), "--checkpoint-dir", str(out / "ck"), cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     startup = next(rec for rec in records if rec["event"] == "startup")

@@ -113,9 +113,23 @@ def build_parser() -> _Parser:
     g.add_argument("--steps", type=pos_int, default=1000, help="optimizer steps to train (default 1000)")
     g.add_argument("--seed", type=nonneg_int, default=1337, help="seed for weights, data order and sampling")
     g.add_argument("--output-dir", default="runs/sigma_main", help="run folder: config.json, metrics.jsonl, samples")
-    g.add_argument("--checkpoint-dir", default="checkpoints", help="where the final checkpoint is written")
+    g.add_argument("--checkpoint-dir", default="checkpoints", help="checkpoint folder (step_<N>/, quarantine/)")
     g.add_argument("--export-hf", default=None, metavar="DIR",
                    help="at the end, export the model as a Hugging Face folder (safetensors + config + tokenizer)")
+
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--resume", default="auto", metavar="auto|never|PATH",
+                   help="auto: resume the newest checkpoint in --checkpoint-dir that verifies; never: start "
+                        "fresh; PATH: resume that checkpoint folder")
+    g.add_argument("--resume-weights-only", action="store_true",
+                   help="take only the model weights (and tokenizer) from the checkpoint: fresh optimizer, "
+                        "step 0, data from the start")
+    g.add_argument("--save-every", type=nonneg_int, default=500, help="steps between checkpoints (0 = end only)")
+    g.add_argument("--max-checkpoints", type=pos_int, default=5, help="complete checkpoints to keep")
+    g.add_argument("--async-checkpoint", type=_on_off, default=False, metavar="on|off",
+                   help="copy state off the GPU, then write the checkpoint in the background")
+    g.add_argument("--max-nonfinite-skips", type=pos_int, default=3,
+                   help="consecutive non-finite steps skipped before rolling back to the last checkpoint")
 
     g = p.add_argument_group("hardware")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
@@ -199,6 +213,12 @@ def validate(ns: argparse.Namespace) -> None:
     if ns.init_from is not None and not os.path.isfile(os.path.join(ns.init_from, "config.json")):
         raise UsageError(f"--init-from {ns.init_from!r} is not a Hugging Face model folder (no config.json); "
                          "fix: give a folder written by --export-hf")
+    if ns.resume not in ("auto", "never") and not os.path.isdir(ns.resume):
+        raise UsageError(f"--resume {ns.resume!r} is neither auto, never nor a checkpoint folder; "
+                         "fix: give a step_<N> folder inside --checkpoint-dir, or use auto")
+    if ns.resume_weights_only and ns.resume == "never":
+        raise UsageError("--resume-weights-only needs a checkpoint but --resume is never; "
+                         "fix: use --resume auto or --resume PATH")
     if ns.warmup_steps is None:
         ns.warmup_steps = min(100, ns.steps // 10)
     elif ns.warmup_steps > ns.steps:

@@ -64,6 +64,22 @@ class OptimConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    dir: str = "checkpoints"
+    resume: str = "auto"
+    """auto | never | a step_<N> folder."""
+    weights_only: bool = False
+    """take only weights + tokenizer from the checkpoint; optimizer, step and data start fresh."""
+    save_every: int = 500
+    """steps between saves; 0 saves at the end only."""
+    keep: int = 5
+    """complete checkpoints kept by retention."""
+    async_save: bool = False
+    max_nonfinite_skips: int = 3
+    """consecutive non-finite steps before rolling back to the last checkpoint."""
+
+
+@dataclass
 class LoopConfig:
     steps: int = 1000
     seed: int = 1337
@@ -76,7 +92,6 @@ class LoopConfig:
     sample_every: int = 0
     """0: write samples at the end only."""
     output_dir: str = "runs/sigma_main"
-    checkpoint_dir: str = "checkpoints"
     export_hf: str | None = None
 
 
@@ -88,6 +103,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> RunConfig:
@@ -112,8 +128,12 @@ class RunConfig:
             loop=LoopConfig(
                 steps=ns.steps, seed=ns.seed, batch_size=ns.batch_size, grad_accum=ns.grad_accum,
                 log_every=ns.log_every, eval_every=ns.eval_every, eval_batches=ns.eval_batches,
-                sample_every=ns.sample_every, output_dir=ns.output_dir, checkpoint_dir=ns.checkpoint_dir,
-                export_hf=ns.export_hf,
+                sample_every=ns.sample_every, output_dir=ns.output_dir, export_hf=ns.export_hf,
+            ),
+            checkpoint=CheckpointConfig(
+                dir=ns.checkpoint_dir, resume=ns.resume, weights_only=ns.resume_weights_only,
+                save_every=ns.save_every, keep=ns.max_checkpoints, async_save=ns.async_checkpoint,
+                max_nonfinite_skips=ns.max_nonfinite_skips,
             ),
         )
 

@@ -90,6 +90,12 @@ class Ema:
     def value(self) -> float | None:
         return None if self._n == 0 else self._raw / (1 - self.beta**self._n)
 
+    def state_dict(self) -> dict:
+        return {"beta": self.beta, "raw": self._raw, "n": self._n}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.beta, self._raw, self._n = d["beta"], d["raw"], d["n"]
+
 
 class StepTimer:
     """Times the compute part of steps without forcing a host-device sync each step.

@@ -1,8 +1,9 @@
 """The training loop: set-up in named steps, then a loop of train_step / evaluate / maybe_* calls.
 
 Pretraining only for now; post-training phases (GRPO, Hydra adapters) will run from the same loop
-between steps through `maybe_run_phase`-style hooks on the same live weights, and the TrainState
-carries everything a checkpoint will need to resume (step, tokens, data position, EMAs).
+between steps through `maybe_run_phase`-style hooks on the same live weights. Everything that
+changes as the run goes lives in `TrainState` and the objects it names, and all of it goes into a
+checkpoint, so a resumed run continues exactly where the interrupted one stopped.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import math
 import os
 import random
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,34 +24,111 @@ import torch
 from model.config import ModelConfig, from_preset
 from model.decoder import SigmaLM
 from model.hf_compat import export_hf, load_hf
-from training import console
+from training import console, faults
+from training.checkpoint import (
+    CheckpointError,
+    Snapshot,
+    find_resumable,
+    quarantine_count,
+    read_checkpoint,
+    sha256_file,
+    verify_checkpoint,
+)
 from training.config import RunConfig
+from training.crash import write_crash_report
 from training.data.pipeline import Batch, DataPipeline
 from training.data.prefetch import Prefetcher
 from training.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from training.hardware import HardwareProfile, resolve_profile
 from training.metrics import Ema, MetricsWriter, StepTimer, git_revision, library_versions
-from training.optim import build_optimizers
+from training.optim import OptimizerPair, build_optimizers
 from training.optim.newton_schulz import (
     DEFAULT_NS_COEFFICIENTS,
     DEFAULT_NS_STEPS,
     check_instant_inversion,
     instant_inversion_selftest,
 )
+from training.saver import Saver
 from training.schedules import lr_multiplier, muon_momentum
 
 SAMPLE_PROMPTS = ("The ", "def ", "Question: ")
 
 
+class NonFiniteError(RuntimeError):
+    """Non-finite steps kept coming after a rollback: the run stops rather than loop."""
+
+
 @dataclass
 class TrainState:
-    """What changes as the run goes; all of it belongs in a checkpoint."""
+    """What changes as the run goes, besides weights, optimizer and data position."""
 
     step: int = 0
     tokens: int = 0
+    attempts: int = 0
+    """train_step calls, skipped ones included (fault injection counts these)."""
     loss_ema: Ema = field(default_factory=lambda: Ema(0.9))
     tokens_per_s_ema: Ema = field(default_factory=lambda: Ema(0.9))
-    skipped_steps: int = 0
+    nonfinite_skips: int = 0
+    consecutive_skips: int = 0
+    rollbacks: int = 0
+    heldout_loss_step0: float | None = None
+    loss_sum: float = 0.0
+    """training loss summed over the steps since the last log record (so a resume logs the same)."""
+    loss_steps: int = 0
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if not isinstance(v, Ema)}
+        d["loss_ema"] = self.loss_ema.state_dict()
+        d["tokens_per_s_ema"] = self.tokens_per_s_ema.state_dict()
+        return d
+
+    def load_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(getattr(self, k, None), Ema):
+                getattr(self, k).load_state_dict(v)
+            elif hasattr(self, k):
+                setattr(self, k, v)
+
+
+@dataclass
+class Session:
+    """The live run: what set-up built and the loop uses."""
+
+    cfg: RunConfig
+    run_dir: Path
+    metrics: MetricsWriter
+    hw: HardwareProfile
+    tok: object
+    tok_dir: Path
+    pipeline: DataPipeline
+    batches: Prefetcher | None
+    heldout: list[Batch]
+    model: SigmaLM
+    forward: object
+    opt: OptimizerPair
+    saver: Saver
+    provenance: dict
+    state: TrainState = field(default_factory=TrainState)
+    features: dict[str, list[int]] = field(default_factory=dict)
+    """feature name -> [enabled, effective calls]."""
+    startup: dict = field(default_factory=dict)
+    stop_signal: int | None = None
+    rolled_back_since_save: bool = False
+
+    def count(self, feature: str, n: int = 1) -> None:
+        self.features[feature][1] += n
+
+    def feature_fields(self) -> dict[str, int]:
+        out = {}
+        for name, (enabled, calls) in self.features.items():
+            out[f"feature_{name}_enabled"] = enabled
+            out[f"feature_{name}_effective_calls"] = calls
+        return out
+
+    def close(self) -> None:
+        if self.batches is not None:
+            self.batches.close()
+        self.saver.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,14 +141,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_tokenizer(cfg: RunConfig, pipeline_for_sample: DataPipeline | None, run_dir: Path):
-    """Load the configured tokenizer or train byte-level BPE on a sample of the stream; save it in the run."""
-    if cfg.tokenizer.path:
+def prepare_tokenizer(cfg: RunConfig, ckpt_dir: Path | None, run_dir: Path):
+    """The checkpoint's tokenizer when resuming, else the configured one, else BPE trained on the stream."""
+    if ckpt_dir is not None:
+        if cfg.tokenizer.path:
+            given = Path(cfg.tokenizer.path)
+            given = given / "tokenizer.json" if given.is_dir() else given
+            if sha256_file(given) != sha256_file(ckpt_dir / "tokenizer.json"):
+                raise CheckpointError(f"checkpoint {ckpt_dir} was trained with another tokenizer than "
+                                      f"--tokenizer {cfg.tokenizer.path}; fix: drop --tokenizer to resume, "
+                                      "or --resume never to start fresh")
+        tok = load_tokenizer(ckpt_dir)
+    elif cfg.tokenizer.path:
         tok = load_tokenizer(cfg.tokenizer.path)
         console.say(f"tokenizer loaded from {cfg.tokenizer.path} (vocab {tok.get_vocab_size()})")
     else:
         t0 = time.perf_counter()
-        texts = pipeline_for_sample.sample_texts(cfg.tokenizer.train_chars)
+        sampler = DataPipeline(cfg.data, None, seq_len=cfg.model.seq_len, batch_size=cfg.loop.batch_size)
+        texts = sampler.sample_texts(cfg.tokenizer.train_chars)
         tok = train_tokenizer(texts, cfg.tokenizer.vocab_size)
         console.say(f"tokenizer trained: vocab {tok.get_vocab_size()} on {sum(map(len, texts)):,} chars "
                     f"in {time.perf_counter() - t0:.1f}s")
@@ -96,12 +186,126 @@ def build_model(cfg: RunConfig, vocab_size: int, hw: HardwareProfile) -> SigmaLM
     return model
 
 
-def write_run_config(cfg: RunConfig, run_dir: Path, extra: dict) -> dict:
-    resolved = {"config": cfg.to_dict(), **extra}
+def locate_checkpoint(cfg: RunConfig) -> tuple[Path | None, int]:
+    """The checkpoint to resume (or None) and how many checkpoints sit in quarantine."""
+    root = Path(cfg.checkpoint.dir)
+    if cfg.checkpoint.resume == "never":
+        return None, quarantine_count(root)
+    if cfg.checkpoint.resume == "auto":
+        path, _ = find_resumable(root, log=console.say)
+        return path, quarantine_count(root)
+    path = Path(cfg.checkpoint.resume)
+    if reason := verify_checkpoint(path):
+        raise CheckpointError(f"--resume {path} does not verify: {reason}; fix: pick another step_<N> folder "
+                              "or use --resume auto")
+    return path, quarantine_count(root)
+
+
+def weight_tensors(model: SigmaLM) -> dict[str, torch.Tensor]:
+    """Parameters by name; named_parameters() lists a tied tensor once."""
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def restore(s: Session, ckpt: dict, *, weights_only: bool, data: bool = True) -> None:
+    """Load a read checkpoint into the live session (weights always; the rest unless weights_only)."""
+    saved_model = ckpt["state"]["model"]
+    if saved_model != s.model.cfg.to_dict():
+        diff = {k: (saved_model.get(k), v) for k, v in s.model.cfg.to_dict().items() if saved_model.get(k) != v}
+        raise CheckpointError(f"the checkpoint holds a different model: {diff} (checkpoint, flags); fix: resume "
+                              "with the same --model-preset and --seq-len, or --resume never to start fresh")
+    with torch.no_grad():
+        for name, p in s.model.named_parameters():
+            p.copy_(ckpt["model"][name])
+    if weights_only:
+        return
+    saved_opt = ckpt["state"]["optimizer_name"]
+    if saved_opt != s.cfg.optim.name:
+        raise CheckpointError(f"the checkpoint was trained with --optimizer {saved_opt}, the flags say "
+                              f"{s.cfg.optim.name}; fix: use the same optimizer, or --resume-weights-only")
+    s.opt.load_state_dict(ckpt["optimizer"])
+    st = ckpt["state"]
+    s.state.load_dict(st["train"])
+    if data:
+        s.pipeline.load_state_dict(st["data"])
+    random.setstate((st["rng"]["python"][0], tuple(st["rng"]["python"][1]), st["rng"]["python"][2]))
+    np_state = st["rng"]["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    torch.set_rng_state(ckpt["rng"]["torch_cpu"])
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            if f"torch_cuda_{i}" in ckpt["rng"]:
+                torch.cuda.set_rng_state(ckpt["rng"][f"torch_cuda_{i}"], i)
+
+
+def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float) -> Session:
+    loop = cfg.loop
+    provenance = {"versions": library_versions(), "git_revision": git_revision()}
+    hw = resolve_profile(device=cfg.hardware.device, profile=cfg.hardware.profile,
+                         compile_mode=cfg.hardware.compile, c3o_state_dtype=cfg.optim.c3o_state_dtype)
+    console.facts(**hw.startup_fields(), torch=torch.__version__, git_revision=provenance["git_revision"])
+    seed_everything(loop.seed)
+
+    ckpt_path, quarantined = locate_checkpoint(cfg)
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
+    # Tokenizer first: the pipeline tokenizes with it, and the model's vocabulary follows it.
+    tok = prepare_tokenizer(cfg, ckpt_path, run_dir)
+    pipeline = DataPipeline(cfg.data, tok, seq_len=cfg.model.seq_len, batch_size=loop.batch_size)
+    heldout = pipeline.heldout_batches(loop.eval_batches)
+    model = build_model(cfg, tok.get_vocab_size(), hw)
+    opt = build_optimizers(
+        model, lr=cfg.optim.lr, muon_lr=cfg.optim.muon_lr, weight_decay=cfg.optim.weight_decay,
+        betas=(0.9, 0.95), c3o_state_dtype=hw.c3o_state_dtype, c3o_cautious=cfg.optim.c3o_cautious,
+        muon_momentum=muon_momentum(0), ns_steps=DEFAULT_NS_STEPS, seed=loop.seed,
+        use_muon=cfg.optim.name == "muon",
+    )
+    saver = Saver(Path(cfg.checkpoint.dir), keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save,
+                  protect=ckpt_path)
+    s = Session(cfg=cfg, run_dir=run_dir, metrics=metrics, hw=hw, tok=tok, tok_dir=run_dir / "tokenizer",
+                pipeline=pipeline, batches=None, heldout=heldout, model=model, forward=model, opt=opt,
+                saver=saver, provenance=provenance)
+    if ckpt is not None:
+        restore(s, ckpt, weights_only=cfg.checkpoint.weights_only)
+        saver.last_valid = ckpt_path
+        console.say(f"resumed from {ckpt_path} at step {s.state.step}"
+                    + (" (weights only)" if cfg.checkpoint.weights_only else ""))
+    s.batches = Prefetcher(pipeline, pin_memory=hw.device.type == "cuda")
+
+    split_summary = opt.split.summary if opt.muon is not None else {
+        "muon_params": 0, "c3o_params": len(opt.split.muon) + len(opt.split.c3o),
+        "muon_numel": 0, "c3o_numel": opt.split.muon_numel + opt.split.c3o_numel}
+    # The self-test runs the very iteration Muon uses: same kernel, steps, coefficients and dtype.
+    inversion = instant_inversion_selftest(steps=DEFAULT_NS_STEPS, coefficients=DEFAULT_NS_COEFFICIENTS,
+                                           dtype=torch.bfloat16, device=hw.device)
+    check_instant_inversion(inversion)
+    s.forward = torch.compile(model) if hw.compile else model
+    s.features = {
+        "muon": [int(opt.muon is not None), 0], "c3o": [int(opt.c3o is not None), 0],
+        "compile": [int(hw.compile), 0], "bootstrap_seed": [int(cfg.data.bootstrap_seed_batches > 0), 0],
+        "checkpoint": [1, 0], "async_checkpoint": [int(cfg.checkpoint.async_save), 0],
+        "nonfinite_guard": [1, 0], "eval": [1, 0], "samples": [1, 0],
+    }
+
+    n_params = sum(p.numel() for p in model.parameters())
+    write_run_config(cfg, run_dir, {"model": model.cfg.to_dict(), "n_params": n_params,
+                                    "hardware": hw.startup_fields(), **provenance})
+    print(json.dumps(cfg.to_dict(), default=str), flush=True)
+    resume_step = s.state.step if ckpt is not None and not cfg.checkpoint.weights_only else None
+    s.startup = {
+        "startup_init_s": time.perf_counter() - t_start, **inversion, "n_params": n_params,
+        "flops_per_token": model.flops_per_token(cfg.model.seq_len), **split_summary, **hw.startup_fields(),
+        "checkpoint_resume_step": resume_step, "checkpoint_quarantine_count": quarantined,
+        "bitnet_1_58_active": 0,
+    }
+    console.facts(model_params=n_params, **split_summary, **inversion, checkpoint_resume_step=resume_step,
+                  checkpoint_quarantine_count=quarantined, bitnet_1_58_active=0,
+                  startup_init_s=round(s.startup["startup_init_s"], 2))
+    return s
+
+
+def write_run_config(cfg: RunConfig, run_dir: Path, extra: dict) -> None:
     tmp = run_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(resolved, indent=2, default=str))
+    tmp.write_text(json.dumps({"config": cfg.to_dict(), **extra}, indent=2, default=str))
     os.replace(tmp, run_dir / "config.json")
-    return resolved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,238 +318,296 @@ def to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.T
             batch.targets_BT.to(device, non_blocking=non_blocking))
 
 
-def train_step(forward, model: SigmaLM, opt, pipeline: Prefetcher, cfg: RunConfig, hw: HardwareProfile,
-               timer: StepTimer) -> tuple[torch.Tensor, torch.Tensor, int, float]:
-    """One optimizer step over grad_accum micro-batches. Returns (loss, grad_norm, tokens, data_s).
+def train_step(s: Session, timer: StepTimer) -> tuple[torch.Tensor, torch.Tensor, int, float, bool]:
+    """One optimizer step over grad_accum micro-batches: (loss, grad_norm, tokens, data_s, applied).
 
-    loss and grad_norm stay on the device: reading them is a sync, done only at log steps.
+    A non-finite loss or gradient norm never reaches the optimizer: the gradients are dropped and
+    `applied` is False. Deciding that needs the one `.item()` host-device sync of the step.
     """
-    accum = cfg.loop.grad_accum
-    data_s = 0.0
-    tokens = 0
-    loss_sum = torch.zeros((), device=hw.device, dtype=torch.float32)
-    batches = []
-    for _ in range(accum):
-        t0 = time.perf_counter()
-        batch = pipeline.next_batch()
-        data_s += time.perf_counter() - t0
-        batches.append(batch)
+    accum = s.cfg.loop.grad_accum
+    attempt = s.state.attempts = s.state.attempts + 1
+    t0 = time.perf_counter()
+    batches = [s.batches.next_batch() for _ in range(accum)]
+    data_s = time.perf_counter() - t0
+    if faults.active("raise", attempt):
+        raise RuntimeError(f"failure injected by ECO_TRAIN_FAULTS at step attempt {attempt}")
     timer.start()
+    loss_sum = torch.zeros((), device=s.hw.device, dtype=torch.float32)
+    tokens = 0
     for batch in batches:
-        x_BT, y_BT = to_device(batch, hw.device)
-        loss = forward(x_BT, y_BT)
+        x_BT, y_BT = to_device(batch, s.hw.device)
+        loss = s.forward(x_BT, y_BT)
+        if faults.active("nan_loss", attempt):
+            loss = loss * float("nan")
         (loss / accum).backward()
         loss_sum += loss.detach().float()
         tokens += batch.n_tokens
-    params = [p for p in model.parameters() if p.grad is not None]
-    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    if faults.active("inf_grad", attempt):
+        next(p for p in s.model.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+    params = [p for p in s.model.parameters() if p.grad is not None]
+    clip = s.cfg.optim.grad_clip if s.cfg.optim.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    applied = bool(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
+    if applied:
+        s.opt.step()
+    s.opt.zero_grad(set_to_none=True)
     timer.stop()
-    return loss_sum / accum, grad_norm, tokens, data_s
+    return loss_sum / accum, grad_norm, tokens, data_s, applied
 
 
 @torch.no_grad()
-def evaluate(forward, model: SigmaLM, heldout: list[Batch], hw: HardwareProfile) -> float:
+def evaluate(s: Session) -> float:
     """Mean held-out loss over the fixed held-out batches."""
-    model.eval()
-    total = torch.zeros((), device=hw.device, dtype=torch.float32)
-    for batch in heldout:
-        x_BT, y_BT = to_device(batch, hw.device)
-        total += forward(x_BT, y_BT).float()
-    model.train()
-    return (total / len(heldout)).item()
+    s.model.eval()
+    total = torch.zeros((), device=s.hw.device, dtype=torch.float32)
+    for batch in s.heldout:
+        x_BT, y_BT = to_device(batch, s.hw.device)
+        total += s.forward(x_BT, y_BT).float()
+    s.model.train()
+    s.count("eval")
+    return (total / len(s.heldout)).item()
 
 
 @torch.no_grad()
-def write_samples(model: SigmaLM, tok, run_dir: Path, step: int, hw: HardwareProfile, seed: int) -> None:
-    """Append a few greedy-ish continuations of fixed prompts to samples.jsonl (uncompiled model)."""
-    model.eval()
-    gen = torch.Generator(device=hw.device).manual_seed(seed + step)
-    with open(run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
+def write_samples(s: Session) -> None:
+    """Append continuations of fixed prompts to samples.jsonl (uncompiled model, own generator)."""
+    s.model.eval()
+    gen = torch.Generator(device=s.hw.device).manual_seed(s.cfg.loop.seed + s.state.step)
+    with open(s.run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
         for prompt in SAMPLE_PROMPTS:
-            ids = torch.tensor([tok.encode(prompt).ids], dtype=torch.long, device=hw.device)
-            out = model.generate(ids, max_new_tokens=48, temperature=0.8, top_k=40, generator=gen)
-            text = tok.decode(out[0].tolist())
-            f.write(json.dumps({"step": step, "prompt": prompt, "text": text}) + "\n")
-    model.train()
+            ids = torch.tensor([s.tok.encode(prompt).ids], dtype=torch.long, device=s.hw.device)
+            out = s.model.generate(ids, max_new_tokens=48, temperature=0.8, top_k=40, generator=gen)
+            f.write(json.dumps({"step": s.state.step, "prompt": prompt, "text": s.tok.decode(out[0].tolist())})
+                    + "\n")
+    s.model.train()
+    s.count("samples")
 
 
-def save_final(model: SigmaLM, tok_dir: Path, cfg: RunConfig, state: TrainState, extra: dict) -> Path:
-    """Write the end-of-run weights as checkpoints/step_<N> (temporary folder, then atomic rename).
-
-    The full resumable checkpoint (optimizer, RNG, data position, manifest, quarantine) is its own
-    piece of work; this is the plain weights + tokenizer + config a user can load.
-    """
-    from safetensors.torch import save_file
-
-    root = Path(cfg.loop.checkpoint_dir)
-    final = root / f"step_{state.step}"
-    tmp = root / f".tmp_step_{state.step}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(_unshare(tensors), str(tmp / "model.safetensors"))
-    for name in os.listdir(tok_dir):
-        (tmp / name).write_bytes((tok_dir / name).read_bytes())
-    (tmp / "run.json").write_text(json.dumps({"step": state.step, "tokens": state.tokens,
-                                              "model": model.cfg.to_dict(), **extra}, indent=2, default=str))
-    if final.exists():
-        import shutil
-
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+def snapshot(s: Session) -> Snapshot:
+    """Copy everything a checkpoint holds to the CPU (a host-device sync; the stall of a save)."""
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda_{i}"] = st
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "step": s.state.step, "tokens": s.state.tokens, "train": s.state.to_dict(),
+        "data": s.batches.state_dict(), "optimizer_name": s.cfg.optim.name, "model": s.model.cfg.to_dict(),
+        "schedule": {"kind": s.cfg.optim.schedule, "warmup_steps": s.cfg.optim.warmup_steps,
+                     "total_steps": s.cfg.loop.steps},
+        "rng": {"python": [py[0], list(py[1]), py[2]],
+                "numpy": [np_state[0], np_state[1].tolist(), *(x for x in np_state[2:])]},
+        "features": s.feature_fields(), "config": s.cfg.to_dict(), **s.provenance,
+    }
+    return Snapshot(step=s.state.step, model_tensors={k: v.cpu().clone() for k, v in weight_tensors(s.model).items()},
+                    optimizer_state=s.opt.state_dict(), rng_tensors=rng, state=state, tokenizer_dir=s.tok_dir)
 
 
-def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses tensors sharing storage (tied embeddings): keep one name per storage.
-    seen: set[int] = set()
-    out = {}
-    for k, v in tensors.items():
-        ptr = v.untyped_storage().data_ptr()
-        if ptr in seen:
-            continue
-        seen.add(ptr)
-        out[k] = v
-    return out
+def save(s: Session) -> None:
+    if s.saver.submitted_step == s.state.step:  # e.g. a signal right after a periodic save
+        return
+    t0 = time.perf_counter()
+    snap = snapshot(s)
+    stall = time.perf_counter() - t0
+    s.saver.submit(snap, stall_s=stall)
+    s.rolled_back_since_save = False
+    s.count("checkpoint")
+    if s.cfg.checkpoint.async_save:
+        s.count("async_checkpoint")
+    for rec in s.saver.pop_results():
+        s.metrics.write("checkpoint", step=rec.pop("step"), tokens=s.state.tokens, **rec)
+
+
+def rollback(s: Session) -> None:
+    """Reload weights, optimizer and counters from the last valid checkpoint, keeping the data position
+    so the batches that produced non-finite values are skipped, not replayed."""
+    s.saver.wait()
+    path = s.saver.last_valid
+    if path is None or s.rolled_back_since_save:
+        why = "there is no checkpoint to roll back to" if path is None else "a rollback did not help"
+        raise NonFiniteError(f"{s.state.consecutive_skips} consecutive steps had a non-finite loss or gradient "
+                             f"and {why}; fix: lower --lr / --muon-lr, raise --warmup-steps, or check the data")
+    skips, rollbacks, attempts = s.state.nonfinite_skips, s.state.rollbacks, s.state.attempts
+    restore(s, read_checkpoint(path), weights_only=False, data=False)
+    s.state.nonfinite_skips, s.state.rollbacks, s.state.attempts = skips, rollbacks + 1, attempts
+    s.state.consecutive_skips = 0
+    s.rolled_back_since_save = True
+    console.say(f"rolled back to {path} (step {s.state.step}) after repeated non-finite steps")
+    s.metrics.write("rollback", step=s.state.step, tokens=s.state.tokens, checkpoint=str(path))
 
 
 # ----------------------------------------------------------------------------------------------
-# The run
+# The loop
 
 
-def run(cfg: RunConfig) -> int:
-    t_start = time.perf_counter()
-    run_dir = Path(cfg.loop.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsWriter(run_dir / "metrics.jsonl")
-    try:
-        return _run(cfg, run_dir, metrics, t_start)
-    finally:
-        metrics.close()
+def _install_signal_handlers(s: Session) -> dict:
+    def handler(signum, _frame):
+        if s.stop_signal is not None:  # the second one: leave now (saves are atomic, nothing corrupts)
+            raise KeyboardInterrupt
+        s.stop_signal = signum
+        console.say(f"got {signal.Signals(signum).name}: finishing this step, saving a checkpoint, then exiting "
+                    "(press Ctrl-C again to exit at once without saving)")
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
 
 
-def _run(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float) -> int:
-    loop = cfg.loop
-    provenance = {"versions": library_versions(), "git_revision": git_revision()}
-    hw = resolve_profile(device=cfg.hardware.device, profile=cfg.hardware.profile,
-                         compile_mode=cfg.hardware.compile, c3o_state_dtype=cfg.optim.c3o_state_dtype)
-    console.facts(**hw.startup_fields(), torch=torch.__version__, git_revision=provenance["git_revision"])
-    seed_everything(loop.seed)
-
-    # Tokenizer first: the pipeline tokenizes with it, and the model's vocabulary follows it.
-    sampler = None if cfg.tokenizer.path else DataPipeline(cfg.data, None, seq_len=cfg.model.seq_len,
-                                                           batch_size=loop.batch_size)
-    tok = prepare_tokenizer(cfg, sampler, run_dir)
-    pipeline = DataPipeline(cfg.data, tok, seq_len=cfg.model.seq_len, batch_size=loop.batch_size)
-    heldout = pipeline.heldout_batches(loop.eval_batches)
-    batches = Prefetcher(pipeline, pin_memory=hw.device.type == "cuda")
-    try:
-        return _train(cfg, run_dir, metrics, t_start, hw, tok, batches, heldout, provenance)
-    finally:
-        batches.close()
-
-
-def _train(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float, hw: HardwareProfile, tok,
-           pipeline: Prefetcher, heldout: list[Batch], provenance: dict) -> int:
-    loop = cfg.loop
-
-    model = build_model(cfg, tok.get_vocab_size(), hw)
-    opt = build_optimizers(
-        model, lr=cfg.optim.lr, muon_lr=cfg.optim.muon_lr, weight_decay=cfg.optim.weight_decay,
-        betas=(0.9, 0.95), c3o_state_dtype=hw.c3o_state_dtype, c3o_cautious=cfg.optim.c3o_cautious,
-        muon_momentum=muon_momentum(0), ns_steps=DEFAULT_NS_STEPS, seed=loop.seed,
-        use_muon=cfg.optim.name == "muon",
-    )
-    split_summary = opt.split.summary if opt.muon is not None else {
-        "muon_params": 0, "c3o_params": len(opt.split.muon) + len(opt.split.c3o),
-        "muon_numel": 0, "c3o_numel": opt.split.muon_numel + opt.split.c3o_numel}
-    # The self-test runs the very iteration Muon uses: same kernel, steps, coefficients and dtype.
-    inversion = instant_inversion_selftest(steps=DEFAULT_NS_STEPS, coefficients=DEFAULT_NS_COEFFICIENTS,
-                                           dtype=torch.bfloat16, device=hw.device)
-    check_instant_inversion(inversion)
-    forward = torch.compile(model) if hw.compile else model
-
-    n_params = sum(p.numel() for p in model.parameters())
-    flops_per_token = model.flops_per_token(cfg.model.seq_len)
-    resolved = write_run_config(cfg, run_dir, {
-        "model": model.cfg.to_dict(), "n_params": n_params, "hardware": hw.startup_fields(), **provenance,
-    })
-    print(json.dumps(resolved["config"], indent=None, default=str), flush=True)
-    startup_init_s = time.perf_counter() - t_start
-    console.facts(model_params=n_params, **split_summary, **inversion, startup_init_s=round(startup_init_s, 2))
-
-    state = TrainState()
-    eval0 = evaluate(forward, model, heldout, hw)
-    metrics.write("eval", step=0, tokens=0, heldout_loss=eval0)
-    console.say(f"held-out loss at step 0: {eval0:.4f}")
-    startup = {"startup_init_s": startup_init_s, "instant_inversion_iters": inversion["instant_inversion_iters"],
-               "instant_inversion_rel_residual": inversion["instant_inversion_rel_residual"],
-               "n_params": n_params, "flops_per_token": flops_per_token, **split_summary,
-               **hw.startup_fields()}
-
-    timer = StepTimer(hw.device)
-    loss_acc = torch.zeros((), device=hw.device)
-    t_log = time.perf_counter()
-    tokens_at_log = 0
-    data_s_acc = 0.0
-    for step in range(1, loop.steps + 1):
-        mult = lr_multiplier(step - 1, total_steps=loop.steps, warmup_steps=cfg.optim.warmup_steps,
-                             schedule=cfg.optim.schedule)
-        opt.set_lr_multiplier(mult, momentum=muon_momentum(step - 1))
-        if step == 1:
-            startup["time_to_first_batch_s"] = time.perf_counter() - t_start
-        loss, grad_norm, n_tokens, data_s = train_step(forward, model, opt, pipeline, cfg, hw, timer)
-        state.step, state.tokens = step, state.tokens + n_tokens
-        loss_acc += loss
+def train(s: Session, t_start: float) -> int:
+    loop, metrics, state = s.cfg.loop, s.metrics, s.state
+    if state.step == 0 and state.heldout_loss_step0 is None:
+        state.heldout_loss_step0 = evaluate(s)
+        metrics.write("eval", step=0, tokens=0, heldout_loss=state.heldout_loss_step0)
+        console.say(f"held-out loss at step 0: {state.heldout_loss_step0:.4f}")
+    flops_per_token = s.startup["flops_per_token"]
+    timer = StepTimer(s.hw.device)
+    t_log, tokens_at_log, data_s_acc, first = time.perf_counter(), state.tokens, 0.0, True
+    loss_acc = torch.zeros((), device=s.hw.device)
+    while state.step < loop.steps and s.stop_signal is None:
+        step = state.step + 1
+        mult = lr_multiplier(step - 1, total_steps=loop.steps, warmup_steps=s.cfg.optim.warmup_steps,
+                             schedule=s.cfg.optim.schedule)
+        s.opt.set_lr_multiplier(mult, momentum=muon_momentum(step - 1))
+        if first:
+            s.startup["time_to_first_batch_s"] = time.perf_counter() - t_start
+        loss, grad_norm, n_tokens, data_s, applied = train_step(s, timer)
         data_s_acc += data_s
-        if step == 1:
-            startup["time_to_first_step_s"] = time.perf_counter() - t_start
-            metrics.write("startup", step=0, tokens=0, **startup)
-            console.facts(time_to_first_step_s=round(startup["time_to_first_step_s"], 2))
+        if not applied:
+            state.nonfinite_skips += 1
+            state.consecutive_skips += 1
+            s.count("nonfinite_guard")
+            metrics.write("nonfinite_skip", step=step, tokens=state.tokens, nonfinite_skips=state.nonfinite_skips,
+                          consecutive=state.consecutive_skips)
+            console.say(f"step {step}: non-finite loss or gradient, step skipped ({state.consecutive_skips} in a row)")
+            if state.consecutive_skips >= s.cfg.checkpoint.max_nonfinite_skips:
+                rollback(s)
+                loss_acc.zero_()
+            continue
+        state.step, state.tokens, state.consecutive_skips = step, state.tokens + n_tokens, 0
+        s.count("muon", s.opt.muon is not None)
+        s.count("c3o", s.opt.c3o is not None)
+        s.count("compile", s.hw.compile)
+        s.count("bootstrap_seed", step <= s.cfg.data.bootstrap_seed_batches)
+        loss_acc += loss
+        state.loss_steps += 1
+        if first:
+            s.startup["time_to_first_step_s"] = time.perf_counter() - t_start
+            metrics.write("startup", step=state.step - 1, tokens=state.tokens - n_tokens, **s.startup)
+            console.facts(time_to_first_step_s=round(s.startup["time_to_first_step_s"], 2))
+            first = False
 
         if step % loop.log_every == 0 or step == loop.steps:
-            step_times = timer.drain()  # the one host-device sync per log interval
-            loss_val = (loss_acc / len(step_times)).item()
+            step_times = timer.drain()  # the one extra host-device sync per log interval
+            state.loss_sum += loss_acc.item()
             loss_acc.zero_()
+            loss_val = state.loss_sum / state.loss_steps
+            state.loss_sum, state.loss_steps = 0.0, 0
             now = time.perf_counter()
             interval_tokens = state.tokens - tokens_at_log
-            core_s = sum(step_times) / len(step_times)
-            eff_s = (now - t_log) / len(step_times)
             core_tps = interval_tokens / max(sum(step_times), 1e-9)
             eff_tps = interval_tokens / max(now - t_log, 1e-9)
-            mfu = (flops_per_token * core_tps / (hw.peak_bf16_tflops * 1e12)) if hw.peak_bf16_tflops else None
+            peak = s.hw.peak_bf16_tflops
             if not math.isfinite(loss_val):
                 raise FloatingPointError(f"loss became {loss_val} at step {step}; lower --lr / --muon-lr")
             rec = metrics.write(
                 "step", step=step, tokens=state.tokens, loss=loss_val, loss_ema=state.loss_ema.update(loss_val),
-                lr=cfg.optim.lr * mult, muon_lr=cfg.optim.muon_lr * mult, grad_norm=grad_norm.item(),
-                core_step_time_s=core_s, effective_step_time_s=eff_s, core_tokens_per_s=core_tps,
+                lr=s.cfg.optim.lr * mult, muon_lr=s.cfg.optim.muon_lr * mult, grad_norm=grad_norm.item(),
+                core_step_time_s=sum(step_times) / len(step_times),
+                effective_step_time_s=(now - t_log) / len(step_times), core_tokens_per_s=core_tps,
                 effective_tokens_per_s=eff_tps, effective_tokens_per_s_ema=state.tokens_per_s_ema.update(eff_tps),
-                phase_data_s=data_s_acc / len(step_times), mfu=mfu,
+                phase_data_s=data_s_acc / len(step_times), nonfinite_skips=state.nonfinite_skips,
+                mfu=flops_per_token * core_tps / (peak * 1e12) if peak else None, **s.feature_fields(),
             )
-            console.status(step, loop.steps, loss=round(loss_val, 4), lr=rec["lr"],
-                           tok_s=int(eff_tps), step_ms=round(eff_s * 1e3, 1))
+            console.status(step, loop.steps, loss=round(loss_val, 4), lr=rec["lr"], tok_s=int(eff_tps),
+                           step_ms=round(rec["effective_step_time_s"] * 1e3, 1))
             t_log, tokens_at_log, data_s_acc = now, state.tokens, 0.0
 
         if loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
-            h = evaluate(forward, model, heldout, hw)
+            h = evaluate(s)
             metrics.write("eval", step=step, tokens=state.tokens, heldout_loss=h)
             console.say(f"held-out loss at step {step}: {h:.4f}")
         if loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
-            write_samples(model, tok, run_dir, step, hw, loop.seed)
+            write_samples(s)
+        if s.cfg.checkpoint.save_every and step % s.cfg.checkpoint.save_every == 0 and step != loop.steps:
+            state.loss_sum += loss_acc.item()  # carry the open log interval into the checkpoint
+            loss_acc.zero_()
+            save(s)
 
-    final_loss = evaluate(forward, model, heldout, hw)
+    if s.stop_signal is not None:
+        state.loss_sum += loss_acc.item()
+        save(s)
+        s.saver.wait()
+        for rec in s.saver.pop_results():
+            metrics.write("checkpoint", step=rec.pop("step"), tokens=state.tokens, **rec)
+        name = signal.Signals(s.stop_signal).name
+        metrics.write("stopped", step=state.step, tokens=state.tokens, signal=name,
+                      checkpoint=str(s.saver.last_valid))
+        console.say(f"stopped by {name} at step {state.step}; checkpoint {s.saver.last_valid}. "
+                    "Run the same command again to resume.")
+        return 0
+    return finish(s, t_start)
+
+
+def finish(s: Session, t_start: float) -> int:
+    state, metrics = s.state, s.metrics
+    final_loss = evaluate(s)
     metrics.write("eval", step=state.step, tokens=state.tokens, heldout_loss=final_loss)
-    write_samples(model, tok, run_dir, state.step, hw, loop.seed)
-    ckpt = save_final(model, run_dir / "tokenizer", cfg, state, provenance)
-    if loop.export_hf:
-        export_hf(model, loop.export_hf, tokenizer_dir=str(run_dir / "tokenizer"))
-        console.say(f"exported Hugging Face model to {loop.export_hf}")
-    drop = 1 - final_loss / eval0 if eval0 > 0 else 0.0
+    write_samples(s)
+    save(s)
+    s.saver.wait()
+    for rec in s.saver.pop_results():
+        metrics.write("checkpoint", step=rec.pop("step"), tokens=state.tokens, **rec)
+    if s.saver.last_valid_step != state.step:
+        raise CheckpointError(f"the final checkpoint could not be written: {s.saver.last_error}")
+    if s.cfg.loop.export_hf:
+        export_hf(s.model, s.cfg.loop.export_hf, tokenizer_dir=str(s.tok_dir))
+        console.say(f"exported Hugging Face model to {s.cfg.loop.export_hf}")
+    step0 = state.heldout_loss_step0
+    drop = 1 - final_loss / step0 if step0 else None
     metrics.write("end", step=state.step, tokens=state.tokens, heldout_loss=final_loss,
-                  heldout_loss_step0=eval0, heldout_loss_drop=drop, wall_s=time.perf_counter() - t_start)
-    console.say(f"done: {state.step} steps, {state.tokens:,} tokens, held-out loss {eval0:.4f} -> "
-                f"{final_loss:.4f} ({drop:.0%} lower), weights in {ckpt}")
+                  heldout_loss_step0=step0, heldout_loss_drop=drop, wall_s=time.perf_counter() - t_start,
+                  nonfinite_skips=state.nonfinite_skips, **s.feature_fields())
+    change = f"{step0:.4f} -> {final_loss:.4f} ({drop:.0%} lower)" if step0 else f"{final_loss:.4f}"
+    console.say(f"done: {state.step} steps, {state.tokens:,} tokens, held-out loss {change}, "
+                f"checkpoint {s.saver.last_valid}")
     return 0
+
+
+def run(cfg: RunConfig) -> int:
+    """Set up, train, and turn any failure into a crash report and exit code 1."""
+    t_start = time.perf_counter()
+    run_dir = Path(cfg.loop.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsWriter(run_dir / "metrics.jsonl")
+    s: Session | None = None
+    previous_handlers: dict = {}
+    try:
+        s = setup(cfg, run_dir, metrics, t_start)
+        previous_handlers = _install_signal_handlers(s)
+        return train(s, t_start)
+    except KeyboardInterrupt:
+        last = s.saver.last_valid if s else None
+        print(f"eco_train: interrupted; the last valid checkpoint is {last}", file=sys.stderr)
+        return 130
+    except Exception as e:
+        step = s.state.step if s else 0
+        try:
+            path = write_crash_report(
+                run_dir, e, step=step, tokens=s.state.tokens if s else 0, metrics=metrics.last,
+                features=s.feature_fields() if s else {}, config=cfg.to_dict(),
+                versions=library_versions(), device=str(s.hw.device) if s else None,
+                last_checkpoint=str(s.saver.last_valid) if s and s.saver.last_valid else None,
+            )
+            where = f"crash report: {path}"
+        except Exception as report_error:  # never let the report hide the crash
+            where = f"the crash report could not be written either ({report_error!r})"
+        print(f"eco_train: failed at step {step}: {type(e).__name__}: {e}\neco_train: {where}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, h in previous_handlers.items():
+            signal.signal(sig, h)
+        if s is not None:
+            s.close()
+        metrics.close()

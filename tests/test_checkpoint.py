@@ -316,6 +316,44 @@ def test_exception_writes_a_full_crash_report(tmp_path):
     assert report["latest_metrics"]["event"] in ("step", "checkpoint")
 
 
+def test_out_of_memory_report_has_a_hint(tmp_path):
+    run = tmp_path / "run"
+    train(run, 12, 4, faults="oom@3", expect=1)
+    report = json.loads((run / "errors" / "crash_step_2.json").read_text())
+    assert report["exception_type"] == "OutOfMemoryError"
+    assert "--batch-size" in report["out_of_memory"]["hint"] and "--grad-accum" in report["out_of_memory"]["hint"]
+
+
+def test_async_checkpoint_equals_sync_and_logs_the_stall(tmp_path, reference):
+    run = tmp_path / "run"
+    train(run, 12, 4, "--async-checkpoint", "on")
+    assert_same_weights(final_weights(run, 12), final_weights(reference, 12))
+    for step in (4, 8, 12):
+        assert verify_checkpoint(run / "ck" / f"step_{step}") is None
+        ref_opt = load_file(str(reference / "ck" / f"step_{step}" / "optimizer.safetensors"))
+        got_opt = load_file(str(run / "ck" / f"step_{step}" / "optimizer.safetensors"))
+        assert_same_weights(got_opt, ref_opt)  # written while training went on, yet the state of that step
+    saves = [x for x in records(run) if x["event"] == "checkpoint"]
+    assert [x["step"] for x in saves] == [4, 8, 12] and all(x["ok"] and x["stall_s"] >= 0 for x in saves)
+
+
+def test_second_ctrl_c_exits_at_once_without_a_valid_looking_partial(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = _popen(run, steps=100_000, save_every=0, faults="save_pause=30")
+    _wait_for_line(proc, "step      3/")
+    proc.send_signal(signal.SIGINT)
+    _wait_for_line(proc, "[sigma] checkpoint_phase=tensors")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert time.monotonic() - t0 < 20, "the second Ctrl-C did not exit at once"
+    assert proc.returncode == 130, out[-2000:]
+    assert complete_checkpoints(run / "ck") == []
+    path, _ = find_resumable(run / "ck", log=lambda _: None)
+    assert path is None
+
+
 # ----------------------------------------------------------------------------------------------
 # The torture test (fast subset; scripts/torture_checkpoints.py runs the long form)
 

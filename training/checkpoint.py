@@ -55,7 +55,8 @@ class CheckpointError(RuntimeError):
 def flatten_state(obj: object, tensors: dict[str, torch.Tensor], path: str = "t") -> object:
     """Replace tensors by {"__tensor__": key} (collected in `tensors`) and keep int keys and tuples."""
     if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().cpu().contiguous()
+        # A copy even on the CPU: an asynchronous save writes while training mutates the live state.
+        tensors[path] = obj.detach().to("cpu", copy=True).contiguous()
         return {"__tensor__": path}
     if isinstance(obj, dict):
         return {"__dict__": [[k, flatten_state(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}
@@ -288,9 +289,9 @@ def apply_retention(root: Path, keep: int, *, protect: set[Path]) -> list[Path]:
             break
         if p.resolve() in protected:
             continue
-        _phase("retention")
         (p / MARKER).unlink()  # first: from here on the folder can never be taken as valid
         _fsync_dir(p)
+        _phase("retention")
         doomed = root / f"{_DELETING_PREFIX}{checkpoint_step(p)}"
         os.replace(p, doomed)
         _fsync_dir(root)

@@ -19,19 +19,17 @@ import torch
 
 
 def _oom_details() -> dict[str, object]:
-    if not torch.cuda.is_available():
-        return {}
-    stats = torch.cuda.memory_stats()
-    keep = ("allocated_bytes.all.current", "allocated_bytes.all.peak", "reserved_bytes.all.current",
-            "reserved_bytes.all.peak", "num_alloc_retries", "num_ooms")
-    free, total = torch.cuda.mem_get_info()
-    return {
-        "allocator": {k: stats.get(k) for k in keep},
-        "device_free_bytes": free,
-        "device_total_bytes": total,
+    details: dict[str, object] = {
         "hint": "CUDA ran out of memory: halve --batch-size and double --grad-accum (same tokens per step), "
                 "or lower --seq-len or the --model-preset",
     }
+    if torch.cuda.is_available():
+        stats = torch.cuda.memory_stats()
+        keep = ("allocated_bytes.all.current", "allocated_bytes.all.peak", "reserved_bytes.all.current",
+                "reserved_bytes.all.peak", "num_alloc_retries", "num_ooms")
+        free, total = torch.cuda.mem_get_info()
+        details.update(allocator={k: stats.get(k) for k in keep}, device_free_bytes=free, device_total_bytes=total)
+    return details
 
 
 def write_crash_report(run_dir: Path, exc: BaseException, *, step: int, tokens: int, metrics: dict,

@@ -3,9 +3,11 @@
 The checkpoint and non-finite guards can only be trusted if they are exercised; these hooks let a
 test make a real run fail in a chosen way. ECO_TRAIN_FAULTS is a comma-separated list of:
 
-    nan_loss@S[xN]      the loss of steps S..S+N-1 becomes NaN
+    nan_loss@S[xN]      the loss of steps S..S+N-1 becomes NaN (S counts step attempts: skipped
+                        steps count too, a rollback does not reset it)
     inf_grad@S[xN]      a gradient of steps S..S+N-1 becomes +inf
     raise@S             an exception is raised inside step S
+    oom@S               torch.cuda.OutOfMemoryError is raised inside step S
     enospc@K            the K-th checkpoint save (1-based) fails with "No space left on device"
     save_pause=SECONDS  every save phase prints `[sigma] checkpoint_phase=<name>` and then sleeps
 

@@ -331,6 +331,8 @@ def train_step(s: Session, timer: StepTimer) -> tuple[torch.Tensor, torch.Tensor
     data_s = time.perf_counter() - t0
     if faults.active("raise", attempt):
         raise RuntimeError(f"failure injected by ECO_TRAIN_FAULTS at step attempt {attempt}")
+    if faults.active("oom", attempt):
+        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by ECO_TRAIN_FAULTS at attempt {attempt})")
     timer.start()
     loss_sum = torch.zeros((), device=s.hw.device, dtype=torch.float32)
     tokens = 0
@@ -400,7 +402,8 @@ def snapshot(s: Session) -> Snapshot:
                 "numpy": [np_state[0], np_state[1].tolist(), *(x for x in np_state[2:])]},
         "features": s.feature_fields(), "config": s.cfg.to_dict(), **s.provenance,
     }
-    return Snapshot(step=s.state.step, model_tensors={k: v.cpu().clone() for k, v in weight_tensors(s.model).items()},
+    weights = {k: v.to("cpu", copy=True) for k, v in weight_tensors(s.model).items()}
+    return Snapshot(step=s.state.step, model_tensors=weights,
                     optimizer_state=s.opt.state_dict(), rng_tensors=rng, state=state, tokenizer_dir=s.tok_dir)
 
 

@@ -93,6 +93,16 @@ def test_resume_after_crash_is_bit_identical_twice(tmp_path, reference):
     assert [s["checkpoint_resume_step"] for s in startups] == [None, 4, 8]
 
 
+def test_rerunning_a_finished_run_changes_nothing(tmp_path, reference):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run, symlinks=True)
+    before = {p.name: sha256_file(p / "model.safetensors") for p in complete_checkpoints(run / "ck")}
+    r = train(run)
+    assert "[sigma] checkpoint_resume_step=12" in r.stdout and "done: 12 steps" in r.stdout
+    assert {p.name: sha256_file(p / "model.safetensors") for p in complete_checkpoints(run / "ck")} == before
+    assert not (run / "ck" / "quarantine").exists()
+
+
 def test_resume_never_starts_fresh_and_path_resumes_that_one(tmp_path, reference):
     run = tmp_path / "run"
     shutil.copytree(reference, run, symlinks=True)

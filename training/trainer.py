@@ -50,6 +50,7 @@ from training.optim.newton_schulz import (
 )
 from training.saver import Saver
 from training.schedules import lr_multiplier, muon_momentum
+from training.toolchain import bootstrap_toolchain
 
 SAMPLE_PROMPTS = ("The ", "def ", "Question: ")
 
@@ -242,7 +243,9 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     provenance = {"versions": library_versions(), "git_revision": git_revision()}
     hw = resolve_profile(device=cfg.hardware.device, profile=cfg.hardware.profile,
                          compile_mode=cfg.hardware.compile, c3o_state_dtype=cfg.optim.c3o_state_dtype)
-    console.facts(**hw.startup_fields(), torch=torch.__version__, git_revision=provenance["git_revision"])
+    toolchain = bootstrap_toolchain()
+    console.facts(**hw.startup_fields(), **toolchain, torch=torch.__version__,
+                  git_revision=provenance["git_revision"])
     seed_everything(loop.seed)
 
     ckpt_path, quarantined = locate_checkpoint(cfg)
@@ -266,6 +269,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     if ckpt is not None:
         restore(s, ckpt, weights_only=cfg.checkpoint.weights_only)
         saver.last_valid = ckpt_path
+        saver.submitted_step = s.state.step  # that step is on disk already: never save it again
         console.say(f"resumed from {ckpt_path} at step {s.state.step}"
                     + (" (weights only)" if cfg.checkpoint.weights_only else ""))
     s.batches = Prefetcher(pipeline, pin_memory=hw.device.type == "cuda")
@@ -294,7 +298,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "startup_init_s": time.perf_counter() - t_start, **inversion, "n_params": n_params,
         "flops_per_token": model.flops_per_token(cfg.model.seq_len), **split_summary, **hw.startup_fields(),
         "checkpoint_resume_step": resume_step, "checkpoint_quarantine_count": quarantined,
-        "bitnet_1_58_active": 0,
+        "bitnet_1_58_active": 0, **toolchain,
     }
     console.facts(model_params=n_params, **split_summary, **inversion, checkpoint_resume_step=resume_step,
                   checkpoint_quarantine_count=quarantined, bitnet_1_58_active=0,

@@ -44,10 +44,14 @@ if [ "${1:-}" = "--print-venv" ]; then
     exit 0
 fi
 
+# One set-up at a time per venv: a second caller waits here instead of deleting a venv being built.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+
 if [ ! -f "$venv/.eco_train_complete" ]; then
     echo "[setup] creating $venv with $py (lock hash $hash)"
     rm -rf "$venv"
-    mkdir -p "$(dirname "$venv")"
     "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet --no-cache-dir -r "$lock"

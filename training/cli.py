@@ -182,6 +182,10 @@ def build_parser() -> _Parser:
     g.add_argument("--eval-every", type=nonneg_int, default=100, help="steps between held-out evaluations (0 = end only)")
     g.add_argument("--eval-batches", type=pos_int, default=8, help="held-out batches per evaluation")
     g.add_argument("--sample-every", type=nonneg_int, default=0, help="steps between text samples (0 = end only)")
+    g.add_argument("--metrics-level", choices=("full", "minimal"), default="full",
+                   help="full: per-stage timings and resource readings; minimal: compute time, loss and rates")
+    g.add_argument("--wandb", choices=("off", "offline", "online"), default="off",
+                   help="mirror metrics to Weights & Biases (offline: no network, `wandb sync` later)")
     return p
 
 
@@ -236,4 +240,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and validate; raises UsageError on bad input (exit code 2 is the caller's job)."""
     ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     validate(ns)
+    return ns
+
+
+def parse_report_args(argv: Sequence[str]) -> argparse.Namespace:
+    """`eco_train report RUN_DIR [--out DIR]`; raises UsageError on bad input."""
+    p = _Parser(prog="eco_train report", allow_abbrev=False,
+                description="Write PNG plots and an HTML summary of a run folder.")
+    p.add_argument("run_dir", help="a run folder (--output-dir of a run) holding metrics.jsonl")
+    p.add_argument("--out", default=None, help="where to write the report (default RUN_DIR/report)")
+    ns = p.parse_args(list(argv))
+    if not os.path.isfile(os.path.join(ns.run_dir, "metrics.jsonl")):
+        raise UsageError(f"{ns.run_dir!r} holds no metrics.jsonl; fix: give the --output-dir of a run, "
+                         "e.g. eco_train report runs/sigma_main")
     return ns

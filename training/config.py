@@ -93,6 +93,10 @@ class LoopConfig:
     """0: write samples at the end only."""
     output_dir: str = "runs/sigma_main"
     export_hf: str | None = None
+    metrics_level: str = "full"
+    """full | minimal (no per-stage timings or resource sampling)."""
+    wandb: str = "off"
+    """off | offline | online."""
 
 
 @dataclass
@@ -129,6 +133,7 @@ class RunConfig:
                 steps=ns.steps, seed=ns.seed, batch_size=ns.batch_size, grad_accum=ns.grad_accum,
                 log_every=ns.log_every, eval_every=ns.eval_every, eval_batches=ns.eval_batches,
                 sample_every=ns.sample_every, output_dir=ns.output_dir, export_hf=ns.export_hf,
+                metrics_level=ns.metrics_level, wandb=ns.wandb,
             ),
             checkpoint=CheckpointConfig(
                 dir=ns.checkpoint_dir, resume=ns.resume, weights_only=ns.resume_weights_only,

@@ -10,6 +10,9 @@ test make a real run fail in a chosen way. ECO_TRAIN_FAULTS is a comma-separated
     oom@S               torch.cuda.OutOfMemoryError is raised inside step S
     enospc@K            the K-th checkpoint save (1-based) fails with "No space left on device"
     save_pause=SECONDS  every save phase prints `[sigma] checkpoint_phase=<name>` and then sleeps
+    slow_data=SECONDS   every batch takes that much longer to arrive (a slow data source)
+    slow_opt=SECONDS    every optimizer step takes that much longer (a slow optimizer)
+    wandb@S             the W&B mirror fails at step S (0: when it starts)
 
 Unset (the normal case) every hook is a cheap no-op.
 """
@@ -24,8 +27,9 @@ import time
 def _parse(spec: str) -> dict[str, object]:
     out: dict[str, object] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        if item.startswith("save_pause="):
-            out["save_pause"] = float(item.split("=", 1)[1])
+        if "=" in item:
+            key, _, value = item.partition("=")
+            out[key] = float(value)
             continue
         kind, _, at = item.partition("@")
         first, _, count = at.partition("x")
@@ -40,6 +44,13 @@ _saves = 0
 
 def active(kind: str, step: int) -> bool:
     return step in _FAULTS.get(kind, ())
+
+
+def delay(kind: str) -> None:
+    """Sleep for `kind=SECONDS` when set (slow_data, slow_opt)."""
+    seconds = _FAULTS.get(kind)
+    if seconds:
+        time.sleep(seconds)
 
 
 def on_save_phase(name: str) -> None:

@@ -7,6 +7,7 @@ works. Readings that do not exist on this machine are `null`, never invented.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -53,23 +54,39 @@ def _clean(v: object) -> object:
 
 
 class MetricsWriter:
-    """Append-only JSONL; each record flushed on write."""
+    """Append-only JSONL; each record flushed on write and mirrored to the sinks (W&B).
 
-    def __init__(self, path: str | os.PathLike):
+    A sink that fails is reported once and dropped: metrics.jsonl is the record that must not stop.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, run_id: str | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.run_id = run_id
+        self.sinks: list = []
         self.last: dict[str, object] = {}
 
     def write(self, event: str, *, step: int, tokens: int, **fields: object) -> dict[str, object]:
-        record = {"event": event, "step": step, "tokens": tokens, "time": round(time.time(), 3)}
+        record = {"event": event, "step": step, "tokens": tokens, "time": round(time.time(), 3),
+                  "run_id": self.run_id}
         record.update({k: _clean(v) for k, v in fields.items()})
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
         self.last = record
+        for sink in list(self.sinks):
+            try:
+                sink.log(record)
+            except Exception as e:  # never let a mirror stop training
+                self.sinks.remove(sink)
+                print(f"[sigma] WARNING: {type(sink).__name__} failed ({e!r}); it is off for the rest of the run, "
+                      f"metrics.jsonl goes on", flush=True)
         return record
 
     def close(self) -> None:
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):  # closing a mirror must not mask the run's outcome
+                sink.close()
         self._f.close()
 
 
@@ -97,44 +114,144 @@ class Ema:
         self.beta, self._raw, self._n = d["beta"], d["raw"], d["n"]
 
 
-class StepTimer:
-    """Times the compute part of steps without forcing a host-device sync each step.
+STAGES = ("data", "h2d", "forward", "backward", "optimizer", "eval", "checkpoint", "logging", "post_training",
+          "other")
+"""Where a step's wall time goes; `perf_bottleneck_stage_id` is an index into this tuple."""
+COMPUTE_STAGES = ("h2d", "forward", "backward", "optimizer")
 
-    On CUDA each step records a pair of events; they are read only in `drain()`, which the loop
-    calls at log steps right after its own `.item()` sync, so timing adds no sync of its own.
-    On the CPU it uses perf_counter.
+
+class StageClock:
+    """Per-stage times without forcing a host-device sync.
+
+    Device stages (h2d, forward, backward, optimizer) are bracketed by CUDA events on a GPU and read
+    only in `drain()`, which the loop calls at log steps where it synchronises anyway; on the CPU,
+    where work is synchronous, perf_counter is exact. Host stages (data wait, eval, checkpoint,
+    logging, post-training phases) are host waits, measured with perf_counter via `add()`.
+    `enabled=False` (--metrics-level minimal) times only the compute block as a whole.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, *, enabled: bool = True):
         self.cuda = device.type == "cuda"
-        self._pending: list[tuple[object, object]] = []
-        self._t0 = 0.0
+        self.enabled = enabled
+        self._open: dict[str, object] = {}
+        self._device: list[tuple[str, object, object]] = []
+        self._host: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._steps = 0
 
-    def start(self) -> None:
+    def _now(self) -> object:
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
-            self._pending.append((ev, None))
-        else:
-            self._t0 = time.perf_counter()
+            return ev
+        return time.perf_counter()
 
-    def stop(self) -> None:
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self._pending[-1] = (self._pending[-1][0], ev)
-        else:
-            self._pending.append((time.perf_counter() - self._t0, None))
+    def start(self, stage: str) -> None:
+        # Full: each compute stage is timed and "compute" is their sum. Minimal: one pair per step.
+        if (stage == "compute") != self.enabled:
+            self._open[stage] = self._now()
 
-    def drain(self) -> list[float]:
-        """Seconds of each step since the last drain."""
-        if self.cuda:
+    def stop(self, stage: str) -> None:
+        if stage in self._open:
+            self._device.append((stage, self._open.pop(stage), self._now()))
+
+    def add(self, stage: str, seconds: float) -> None:
+        self._host[stage] += seconds
+
+    def step_done(self) -> None:
+        self._steps += 1
+
+    def drain(self) -> tuple[dict[str, float], int]:
+        """(seconds per stage summed since the last drain, steps) — plus "compute", the timed core."""
+        if self.cuda and self._device:
             torch.cuda.current_stream().synchronize()  # already idle after the loop's .item()
-            out = [a.elapsed_time(b) / 1e3 for a, b in self._pending]
-        else:
-            out = [a for a, _ in self._pending]
-        self._pending.clear()
+        totals = dict(self._host)
+        totals["compute"] = 0.0
+        for stage, a, b in self._device:
+            dt = a.elapsed_time(b) / 1e3 if self.cuda else b - a
+            totals[stage] = totals.get(stage, 0.0) + dt
+        if self.enabled:
+            totals["compute"] = sum(totals[s] for s in COMPUTE_STAGES)
+        steps, self._steps = self._steps, 0
+        self._device.clear()
+        self._host = dict.fromkeys(STAGES, 0.0)
+        return totals, steps
+
+
+def bottleneck(stage_s: dict[str, float], wall_s: float) -> tuple[int | None, str | None, float | None]:
+    """The stage that took the largest share of the wall time, with that share."""
+    if wall_s <= 0:
+        return None, None, None
+    shares = {s: stage_s.get(s, 0.0) / wall_s for s in STAGES if s != "other"}
+    shares["other"] = max(0.0, 1.0 - sum(shares.values()))
+    name = max(shares, key=shares.get)
+    return STAGES.index(name), name, min(1.0, shares[name])
+
+
+class ResourceSampler:
+    """Samples CPU, RAM, GPU utilisation and power on a background thread (never blocks the loop).
+
+    `read()` returns the averages since the last read; GPU fields are null without a GPU or NVML.
+    """
+
+    def __init__(self, device: torch.device, *, interval_s: float = 1.0, enabled: bool = True):
+        import threading
+
+        import psutil
+
+        self._psutil = psutil
+        self.device = device
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._samples: list[tuple[float | None, ...]] = []
+        self._stop = threading.Event()
+        self._nvml = device.type == "cuda" and self._probe_nvml()
+        psutil.cpu_percent(interval=None)  # the first call only primes the counter
+        self._thread = threading.Thread(target=self._run, name="eco_train-resources", daemon=True)
+        if enabled:
+            self._thread.start()
+
+    def _probe_nvml(self) -> bool:
+        try:
+            torch.cuda.utilization(self.device)
+            return True
+        except Exception:  # no driver / no pynvml: GPU readings stay null
+            return False
+
+    def _sample(self) -> tuple[float | None, ...]:
+        gpu_util = gpu_power = None
+        if self._nvml:
+            try:
+                gpu_util = float(torch.cuda.utilization(self.device))
+                gpu_power = torch.cuda.power_draw(self.device) / 1000.0  # mW -> W
+            except Exception:
+                self._nvml = False
+        return (self._psutil.cpu_percent(interval=None), self._psutil.virtual_memory().percent, gpu_util, gpu_power)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            sample = self._sample()
+            with self._lock:
+                self._samples.append(sample)
+
+    def read(self) -> dict[str, float | None]:
+        with self._lock:
+            samples, self._samples = self._samples, []
+        if not samples:
+            samples = [self._sample()]
+
+        def mean(i: int) -> float | None:
+            vals = [x[i] for x in samples if x[i] is not None]
+            return sum(vals) / len(vals) if vals else None
+
+        out = {"cpu_util_percent": mean(0), "ram_used_percent": mean(1), "gpu_util_percent": mean(2),
+               "gpu_power_w": mean(3), "gpu_mem_alloc_gb": None, "gpu_mem_reserved_gb": None}
+        if self.device.type == "cuda":  # allocator counters: host-side reads, no sync
+            out["gpu_mem_alloc_gb"] = torch.cuda.memory_allocated(self.device) / 1e9
+            out["gpu_mem_reserved_gb"] = torch.cuda.memory_reserved(self.device) / 1e9
         return out
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def process_info() -> dict[str, object]:

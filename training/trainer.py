@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import secrets
 import signal
 import sys
 import time
@@ -40,7 +41,16 @@ from training.data.pipeline import Batch, DataPipeline
 from training.data.prefetch import Prefetcher
 from training.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from training.hardware import HardwareProfile, resolve_profile
-from training.metrics import Ema, MetricsWriter, StepTimer, git_revision, library_versions
+from training.metrics import (
+    STAGES,
+    Ema,
+    MetricsWriter,
+    ResourceSampler,
+    StageClock,
+    bottleneck,
+    git_revision,
+    library_versions,
+)
 from training.optim import OptimizerPair, build_optimizers
 from training.optim.newton_schulz import (
     DEFAULT_NS_COEFFICIENTS,
@@ -51,6 +61,7 @@ from training.optim.newton_schulz import (
 from training.saver import Saver
 from training.schedules import lr_multiplier, muon_momentum
 from training.toolchain import bootstrap_toolchain
+from training.wandb_sink import WandbSink
 
 SAMPLE_PROMPTS = ("The ", "def ", "Question: ")
 
@@ -69,6 +80,7 @@ class TrainState:
     """train_step calls, skipped ones included (fault injection counts these)."""
     loss_ema: Ema = field(default_factory=lambda: Ema(0.9))
     tokens_per_s_ema: Ema = field(default_factory=lambda: Ema(0.9))
+    core_tokens_per_s_ema: Ema = field(default_factory=lambda: Ema(0.9))
     nonfinite_skips: int = 0
     consecutive_skips: int = 0
     rollbacks: int = 0
@@ -134,6 +146,13 @@ class Session:
 
 # ----------------------------------------------------------------------------------------------
 # Set-up
+
+
+def trl_grpo_importable() -> bool:
+    """Whether TRL's GRPO stage could load, without importing it (a full import costs seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("trl") is not None and importlib.util.find_spec("trl.trainer.grpo_trainer") is not None
 
 
 def seed_everything(seed: int) -> None:
@@ -266,12 +285,16 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     s = Session(cfg=cfg, run_dir=run_dir, metrics=metrics, hw=hw, tok=tok, tok_dir=run_dir / "tokenizer",
                 pipeline=pipeline, batches=None, heldout=heldout, model=model, forward=model, opt=opt,
                 saver=saver, provenance=provenance)
+    metrics.run_id = (ckpt["state"].get("run_id") if ckpt and not cfg.checkpoint.weights_only else None) or (
+        f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
     if ckpt is not None:
         restore(s, ckpt, weights_only=cfg.checkpoint.weights_only)
         saver.last_valid = ckpt_path
         saver.submitted_step = s.state.step  # that step is on disk already: never save it again
         console.say(f"resumed from {ckpt_path} at step {s.state.step}"
                     + (" (weights only)" if cfg.checkpoint.weights_only else ""))
+        metrics.write("resume", step=s.state.step, tokens=s.state.tokens, checkpoint=str(ckpt_path),
+                      weights_only=cfg.checkpoint.weights_only)
     s.batches = Prefetcher(pipeline, pin_memory=hw.device.type == "cuda")
 
     split_summary = opt.split.summary if opt.muon is not None else {
@@ -289,6 +312,15 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "nonfinite_guard": [1, 0], "eval": [1, 0], "samples": [1, 0],
     }
 
+    if loop.wandb != "off":
+        try:
+            metrics.sinks.append(WandbSink(mode=loop.wandb, run_dir=run_dir, run_id=metrics.run_id,
+                                           config=cfg.to_dict()))
+            s.features["wandb"] = [1, 0]
+        except Exception as e:  # W&B is a mirror: its failure never stops training
+            console.say(f"WARNING: W&B could not start ({e!r}); continuing with metrics.jsonl only")
+            s.features["wandb"] = [0, 0]
+
     n_params = sum(p.numel() for p in model.parameters())
     write_run_config(cfg, run_dir, {"model": model.cfg.to_dict(), "n_params": n_params,
                                     "hardware": hw.startup_fields(), **provenance})
@@ -298,10 +330,12 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "startup_init_s": time.perf_counter() - t_start, **inversion, "n_params": n_params,
         "flops_per_token": model.flops_per_token(cfg.model.seq_len), **split_summary, **hw.startup_fields(),
         "checkpoint_resume_step": resume_step, "checkpoint_quarantine_count": quarantined,
-        "bitnet_1_58_active": 0, **toolchain,
+        "bitnet_1_58_active": 0, "trl_grpo_available": int(trl_grpo_importable()), "run_id": metrics.run_id,
+        **toolchain,
     }
     console.facts(model_params=n_params, **split_summary, **inversion, checkpoint_resume_step=resume_step,
                   checkpoint_quarantine_count=quarantined, bitnet_1_58_active=0,
+                  trl_grpo_available=s.startup["trl_grpo_available"], run_id=metrics.run_id,
                   startup_init_s=round(s.startup["startup_init_s"], 2))
     return s
 
@@ -322,8 +356,8 @@ def to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.T
             batch.targets_BT.to(device, non_blocking=non_blocking))
 
 
-def train_step(s: Session, timer: StepTimer) -> tuple[torch.Tensor, torch.Tensor, int, float, bool]:
-    """One optimizer step over grad_accum micro-batches: (loss, grad_norm, tokens, data_s, applied).
+def train_step(s: Session, clock: StageClock) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """One optimizer step over grad_accum micro-batches: (loss, grad_norm, tokens, applied).
 
     A non-finite loss or gradient norm never reaches the optimizer: the gradients are dropped and
     `applied` is False. Deciding that needs the one `.item()` host-device sync of the step.
@@ -332,22 +366,30 @@ def train_step(s: Session, timer: StepTimer) -> tuple[torch.Tensor, torch.Tensor
     attempt = s.state.attempts = s.state.attempts + 1
     t0 = time.perf_counter()
     batches = [s.batches.next_batch() for _ in range(accum)]
-    data_s = time.perf_counter() - t0
+    faults.delay("slow_data")
+    clock.add("data", time.perf_counter() - t0)
     if faults.active("raise", attempt):
         raise RuntimeError(f"failure injected by ECO_TRAIN_FAULTS at step attempt {attempt}")
     if faults.active("oom", attempt):
         raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by ECO_TRAIN_FAULTS at attempt {attempt})")
-    timer.start()
+    clock.start("compute")
     loss_sum = torch.zeros((), device=s.hw.device, dtype=torch.float32)
     tokens = 0
     for batch in batches:
+        clock.start("h2d")
         x_BT, y_BT = to_device(batch, s.hw.device)
+        clock.stop("h2d")
+        clock.start("forward")
         loss = s.forward(x_BT, y_BT)
         if faults.active("nan_loss", attempt):
             loss = loss * float("nan")
+        clock.stop("forward")
+        clock.start("backward")
         (loss / accum).backward()
+        clock.stop("backward")
         loss_sum += loss.detach().float()
         tokens += batch.n_tokens
+    clock.start("optimizer")
     if faults.active("inf_grad", attempt):
         next(p for p in s.model.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
     params = [p for p in s.model.parameters() if p.grad is not None]
@@ -356,9 +398,12 @@ def train_step(s: Session, timer: StepTimer) -> tuple[torch.Tensor, torch.Tensor
     applied = bool(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
     if applied:
         s.opt.step()
+        faults.delay("slow_opt")
     s.opt.zero_grad(set_to_none=True)
-    timer.stop()
-    return loss_sum / accum, grad_norm, tokens, data_s, applied
+    clock.stop("optimizer")
+    clock.stop("compute")
+    clock.step_done()
+    return loss_sum / accum, grad_norm, tokens, applied
 
 
 @torch.no_grad()
@@ -398,7 +443,7 @@ def snapshot(s: Session) -> Snapshot:
     py = random.getstate()
     np_state = np.random.get_state()
     state = {
-        "step": s.state.step, "tokens": s.state.tokens, "train": s.state.to_dict(),
+        "step": s.state.step, "tokens": s.state.tokens, "run_id": s.metrics.run_id, "train": s.state.to_dict(),
         "data": s.batches.state_dict(), "optimizer_name": s.cfg.optim.name, "model": s.model.cfg.to_dict(),
         "schedule": {"kind": s.cfg.optim.schedule, "warmup_steps": s.cfg.optim.warmup_steps,
                      "total_steps": s.cfg.loop.steps},
@@ -462,85 +507,125 @@ def _install_signal_handlers(s: Session) -> dict:
     return previous
 
 
+def timed(s: Session, clock: StageClock, stage: str, fn, *args):
+    """Run a host-side stage (eval, checkpoint, samples) and book its wall time."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    clock.add(stage, time.perf_counter() - t0)
+    return out
+
+
+def log_step(s: Session, clock: StageClock, resources: ResourceSampler, interval: dict, *, mult: float,
+             grad_norm: torch.Tensor) -> None:
+    """Write the step record and the status line for the interval since the last log step."""
+    t_log0 = time.perf_counter()
+    state, cfg = s.state, s.cfg
+    stage_s, n = clock.drain()  # the one extra host-device sync per log interval
+    loss_val = state.loss_sum / max(state.loss_steps, 1)
+    state.loss_sum, state.loss_steps = 0.0, 0
+    if not math.isfinite(loss_val):
+        raise FloatingPointError(f"loss became {loss_val} at step {state.step}; lower --lr / --muon-lr")
+    now = time.perf_counter()
+    wall = now - interval["t"]
+    n = max(n, 1)
+    tokens = state.tokens - interval["tokens"]
+    core_tps = tokens / max(stage_s["compute"], 1e-9)
+    eff_tps = tokens / max(wall, 1e-9)
+    peak = s.hw.peak_bf16_tflops
+    full = cfg.loop.metrics_level == "full"
+    phases = {}
+    stage_id = stage_name = share = None
+    if full:
+        stage_s["other"] = max(0.0, wall - sum(stage_s[x] for x in STAGES if x != "other"))
+        phases = {f"phase_{x}_s": stage_s[x] / n for x in STAGES}
+        stage_id, stage_name, share = bottleneck(stage_s, wall)
+    rec = s.metrics.write(
+        "step", step=state.step, tokens=state.tokens, loss=loss_val, loss_ema=state.loss_ema.update(loss_val),
+        lr=cfg.optim.lr * mult, muon_lr=cfg.optim.muon_lr * mult, grad_norm=grad_norm.item(),
+        core_step_time_s=stage_s["compute"] / n, effective_step_time_s=wall / n,
+        core_tokens_per_s=core_tps, core_tokens_per_s_ema=state.core_tokens_per_s_ema.update(core_tps),
+        effective_tokens_per_s=eff_tps, effective_tokens_per_s_ema=state.tokens_per_s_ema.update(eff_tps),
+        mfu=s.startup["flops_per_token"] * core_tps / (peak * 1e12) if peak else None,
+        **phases, perf_bottleneck_stage_id=stage_id, perf_bottleneck_stage=stage_name,
+        perf_bottleneck_share=share, nonfinite_skips=state.nonfinite_skips,
+        **(resources.read() if full else {}), **s.feature_fields(),
+    )
+    eta_s = (cfg.loop.steps - state.step) * rec["effective_step_time_s"]
+    console.status(state.step, cfg.loop.steps, loss=round(loss_val, 4), tok_s=int(eff_tps),
+                   step_ms=round(rec["effective_step_time_s"] * 1e3, 1), eta=_duration(eta_s),
+                   **({"bottleneck": f"{stage_name}:{share:.0%}"} if stage_name else {}))
+    interval["t"], interval["tokens"] = now, state.tokens
+    clock.add("logging", time.perf_counter() - t_log0)
+
+
+def _duration(seconds: float) -> str:
+    m, sec = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
 def train(s: Session, t_start: float) -> int:
     loop, metrics, state = s.cfg.loop, s.metrics, s.state
     if state.step == 0 and state.heldout_loss_step0 is None:
         state.heldout_loss_step0 = evaluate(s)
         metrics.write("eval", step=0, tokens=0, heldout_loss=state.heldout_loss_step0)
         console.say(f"held-out loss at step 0: {state.heldout_loss_step0:.4f}")
-    flops_per_token = s.startup["flops_per_token"]
-    timer = StepTimer(s.hw.device)
-    t_log, tokens_at_log, data_s_acc, first = time.perf_counter(), state.tokens, 0.0, True
+    full = loop.metrics_level == "full"
+    clock = StageClock(s.hw.device, enabled=full)
+    resources = ResourceSampler(s.hw.device, enabled=full)
+    interval = {"t": time.perf_counter(), "tokens": state.tokens}
+    first = True
     loss_acc = torch.zeros((), device=s.hw.device)
-    while state.step < loop.steps and s.stop_signal is None:
-        step = state.step + 1
-        mult = lr_multiplier(step - 1, total_steps=loop.steps, warmup_steps=s.cfg.optim.warmup_steps,
-                             schedule=s.cfg.optim.schedule)
-        s.opt.set_lr_multiplier(mult, momentum=muon_momentum(step - 1))
-        if first:
-            s.startup["time_to_first_batch_s"] = time.perf_counter() - t_start
-        loss, grad_norm, n_tokens, data_s, applied = train_step(s, timer)
-        data_s_acc += data_s
-        if not applied:
-            state.nonfinite_skips += 1
-            state.consecutive_skips += 1
-            s.count("nonfinite_guard")
-            metrics.write("nonfinite_skip", step=step, tokens=state.tokens, nonfinite_skips=state.nonfinite_skips,
-                          consecutive=state.consecutive_skips)
-            console.say(f"step {step}: non-finite loss or gradient, step skipped ({state.consecutive_skips} in a row)")
-            if state.consecutive_skips >= s.cfg.checkpoint.max_nonfinite_skips:
-                rollback(s)
+    try:
+        while state.step < loop.steps and s.stop_signal is None:
+            step = state.step + 1
+            mult = lr_multiplier(step - 1, total_steps=loop.steps, warmup_steps=s.cfg.optim.warmup_steps,
+                                 schedule=s.cfg.optim.schedule)
+            s.opt.set_lr_multiplier(mult, momentum=muon_momentum(step - 1))
+            if first:
+                s.startup["time_to_first_batch_s"] = time.perf_counter() - t_start
+            loss, grad_norm, n_tokens, applied = train_step(s, clock)
+            if not applied:
+                state.nonfinite_skips += 1
+                state.consecutive_skips += 1
+                s.count("nonfinite_guard")
+                metrics.write("nonfinite_skip", step=step, tokens=state.tokens,
+                              nonfinite_skips=state.nonfinite_skips, consecutive=state.consecutive_skips)
+                console.say(f"step {step}: non-finite loss or gradient, step skipped "
+                            f"({state.consecutive_skips} in a row)")
+                if state.consecutive_skips >= s.cfg.checkpoint.max_nonfinite_skips:
+                    rollback(s)
+                    loss_acc.zero_()
+                continue
+            state.step, state.tokens, state.consecutive_skips = step, state.tokens + n_tokens, 0
+            for feature, acted in (("muon", s.opt.muon is not None), ("c3o", s.opt.c3o is not None),
+                                   ("compile", s.hw.compile),
+                                   ("bootstrap_seed", step <= s.cfg.data.bootstrap_seed_batches)):
+                s.count(feature, int(acted))
+            loss_acc += loss
+            state.loss_steps += 1
+            if first:
+                s.startup["time_to_first_step_s"] = time.perf_counter() - t_start
+                metrics.write("startup", step=state.step - 1, tokens=state.tokens - n_tokens, **s.startup)
+                console.facts(time_to_first_step_s=round(s.startup["time_to_first_step_s"], 2))
+                first = False
+
+            if step % loop.log_every == 0 or step == loop.steps:
+                state.loss_sum += loss_acc.item()
                 loss_acc.zero_()
-            continue
-        state.step, state.tokens, state.consecutive_skips = step, state.tokens + n_tokens, 0
-        s.count("muon", s.opt.muon is not None)
-        s.count("c3o", s.opt.c3o is not None)
-        s.count("compile", s.hw.compile)
-        s.count("bootstrap_seed", step <= s.cfg.data.bootstrap_seed_batches)
-        loss_acc += loss
-        state.loss_steps += 1
-        if first:
-            s.startup["time_to_first_step_s"] = time.perf_counter() - t_start
-            metrics.write("startup", step=state.step - 1, tokens=state.tokens - n_tokens, **s.startup)
-            console.facts(time_to_first_step_s=round(s.startup["time_to_first_step_s"], 2))
-            first = False
-
-        if step % loop.log_every == 0 or step == loop.steps:
-            step_times = timer.drain()  # the one extra host-device sync per log interval
-            state.loss_sum += loss_acc.item()
-            loss_acc.zero_()
-            loss_val = state.loss_sum / state.loss_steps
-            state.loss_sum, state.loss_steps = 0.0, 0
-            now = time.perf_counter()
-            interval_tokens = state.tokens - tokens_at_log
-            core_tps = interval_tokens / max(sum(step_times), 1e-9)
-            eff_tps = interval_tokens / max(now - t_log, 1e-9)
-            peak = s.hw.peak_bf16_tflops
-            if not math.isfinite(loss_val):
-                raise FloatingPointError(f"loss became {loss_val} at step {step}; lower --lr / --muon-lr")
-            rec = metrics.write(
-                "step", step=step, tokens=state.tokens, loss=loss_val, loss_ema=state.loss_ema.update(loss_val),
-                lr=s.cfg.optim.lr * mult, muon_lr=s.cfg.optim.muon_lr * mult, grad_norm=grad_norm.item(),
-                core_step_time_s=sum(step_times) / len(step_times),
-                effective_step_time_s=(now - t_log) / len(step_times), core_tokens_per_s=core_tps,
-                effective_tokens_per_s=eff_tps, effective_tokens_per_s_ema=state.tokens_per_s_ema.update(eff_tps),
-                phase_data_s=data_s_acc / len(step_times), nonfinite_skips=state.nonfinite_skips,
-                mfu=flops_per_token * core_tps / (peak * 1e12) if peak else None, **s.feature_fields(),
-            )
-            console.status(step, loop.steps, loss=round(loss_val, 4), lr=rec["lr"], tok_s=int(eff_tps),
-                           step_ms=round(rec["effective_step_time_s"] * 1e3, 1))
-            t_log, tokens_at_log, data_s_acc = now, state.tokens, 0.0
-
-        if loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
-            h = evaluate(s)
-            metrics.write("eval", step=step, tokens=state.tokens, heldout_loss=h)
-            console.say(f"held-out loss at step {step}: {h:.4f}")
-        if loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
-            write_samples(s)
-        if s.cfg.checkpoint.save_every and step % s.cfg.checkpoint.save_every == 0 and step != loop.steps:
-            state.loss_sum += loss_acc.item()  # carry the open log interval into the checkpoint
-            loss_acc.zero_()
-            save(s)
+                log_step(s, clock, resources, interval, mult=mult, grad_norm=grad_norm)
+            if loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
+                h = timed(s, clock, "eval", evaluate, s)
+                metrics.write("eval", step=step, tokens=state.tokens, heldout_loss=h)
+                console.say(f"held-out loss at step {step}: {h:.4f}")
+            if loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
+                timed(s, clock, "eval", write_samples, s)
+            if s.cfg.checkpoint.save_every and step % s.cfg.checkpoint.save_every == 0 and step != loop.steps:
+                state.loss_sum += loss_acc.item()  # carry the open log interval into the checkpoint
+                loss_acc.zero_()
+                timed(s, clock, "checkpoint", save, s)
+    finally:
+        resources.close()
 
     if s.stop_signal is not None:
         state.loss_sum += loss_acc.item()

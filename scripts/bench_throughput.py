@@ -42,7 +42,7 @@ def bf16_matmul_peak_tflops(n: int = 8192, reps: int = 30) -> float:
     return 2 * n**3 / statistics.median(times) / 1e12
 
 
-def one_run(args: argparse.Namespace, out: Path) -> dict:
+def one_run(args: argparse.Namespace, out: Path, level: str) -> dict:
     cmd = [
         sys.executable, str(REPO / "train_sigma.py"), f"@{REPO / 'train_sigma_args.txt'}",
         "--model-preset", args.preset, "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
@@ -51,6 +51,7 @@ def one_run(args: argparse.Namespace, out: Path) -> dict:
         "--tokenizer-train-chars", str(args.tokenizer_chars), "--vocab-size", str(args.vocab_size),
         "--data-backend", "local", "--data-path", args.data_path,
         "--output-dir", str(out), "--checkpoint-dir", str(out / "ckpt"), "--compile", args.compile,
+        "--metrics-level", level, "--resume", "never", "--save-every", "0", *args.extra,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     (out / "stdout.txt").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
@@ -62,7 +63,11 @@ def one_run(args: argparse.Namespace, out: Path) -> dict:
     warm = steps[args.skip_logs:]
     if not warm:
         raise SystemExit("not enough steps after warm-up; raise --steps")
+    gpu_fields = ("gpu_util_percent", "gpu_mem_alloc_gb", "gpu_mem_reserved_gb", "gpu_power_w", "phase_data_s",
+                  "perf_bottleneck_stage", "perf_bottleneck_share", "effective_step_time_s")
     return {
+        "metrics_level": level,
+        "last_step_record": {k: warm[-1].get(k) for k in gpu_fields},
         "core_tokens_per_s": statistics.median(r["core_tokens_per_s"] for r in warm),
         "effective_tokens_per_s": statistics.median(r["effective_tokens_per_s"] for r in warm),
         "core_step_time_s": statistics.median(r["core_step_time_s"] for r in warm),
@@ -88,6 +93,9 @@ def main() -> None:
     p.add_argument("--data-path", default=sysconfig.get_paths()["stdlib"],
                    help="local corpus (default: this Python's standard library source, real code text)")
     p.add_argument("--out", default=None, help="folder for run outputs and results.json")
+    p.add_argument("--levels", default="full",
+                   help="comma list of --metrics-level values, run alternately (full,minimal measures overhead)")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more trainer flags, after everything")
     args = p.parse_args()
 
     import torch
@@ -97,28 +105,34 @@ def main() -> None:
     card = torch.cuda.get_device_name()
     peak = bf16_matmul_peak_tflops()
     root = Path(args.out or tempfile.mkdtemp(prefix="bench_throughput_"))
+    levels = args.levels.split(",")
     results = []
     for i in range(args.runs):
-        r = one_run(args, root / f"run{i}")
-        r["mfu"] = r["flops_per_token"] * r["core_tokens_per_s"] / (peak * 1e12)
-        results.append(r)
-        print(f"run {i}: {json.dumps(r)}", flush=True)
+        for level in levels:  # alternate, so drift on the card hits every level alike
+            r = one_run(args, root / f"run{i}_{level}", level)
+            r["mfu"] = r["flops_per_token"] * r["core_tokens_per_s"] / (peak * 1e12)
+            results.append(r)
+            print(f"run {i} ({level}): {json.dumps(r)}", flush=True)
+    by_level = {lv: [r for r in results if r["metrics_level"] == lv] for lv in levels}
     summary = {
         "card": card, "torch": torch.__version__, "cuda": torch.version.cuda,
         "bf16_matmul_peak_tflops": peak, "preset": args.preset, "seq_len": args.seq_len,
         "batch_size": args.batch_size, "tokens_per_step": args.seq_len * args.batch_size,
-        "compile": args.compile, "runs": results,
-        "median_core_tokens_per_s": statistics.median(r["core_tokens_per_s"] for r in results),
-        "median_effective_tokens_per_s": statistics.median(r["effective_tokens_per_s"] for r in results),
-        "median_mfu": statistics.median(r["mfu"] for r in results),
+        "compile": args.compile, "extra": args.extra, "runs": results,
+        "by_level": {lv: {"median_core_tokens_per_s": statistics.median(r["core_tokens_per_s"] for r in rs),
+                          "median_effective_tokens_per_s": statistics.median(r["effective_tokens_per_s"] for r in rs),
+                          "median_mfu": statistics.median(r["mfu"] for r in rs)} for lv, rs in by_level.items()},
     }
     (root / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"\n{card} | torch {torch.__version__} CUDA {torch.version.cuda} | bf16 matmul peak {peak:.0f} TFLOP/s")
     print(f"preset {args.preset} ({results[0]['n_params'] / 1e6:.1f}M params), seq {args.seq_len}, "
-          f"batch {args.batch_size}, compile {args.compile}, {args.runs} runs")
-    print(f"core tokens/s (median)      {summary['median_core_tokens_per_s']:,.0f}")
-    print(f"effective tokens/s (median) {summary['median_effective_tokens_per_s']:,.0f}")
-    print(f"MFU vs measured peak        {summary['median_mfu']:.1%}")
+          f"batch {args.batch_size}, compile {args.compile}, {args.runs} runs per level, extra {args.extra}")
+    for lv, m in summary["by_level"].items():
+        print(f"[{lv:>7}] core tokens/s {m['median_core_tokens_per_s']:>10,.0f} | effective tokens/s "
+              f"{m['median_effective_tokens_per_s']:>10,.0f} | MFU {m['median_mfu']:.1%}")
+    if len(levels) == 2:
+        a, b = (summary["by_level"][lv]["median_effective_tokens_per_s"] for lv in levels)
+        print(f"effective tokens/s, {levels[0]} vs {levels[1]}: {a / b - 1:+.2%}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,31 @@ def test_cli_stays_light():
             "assert 'torch' not in sys.modules, 'cli imported torch'")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+# --- grpo group -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--grpo", "on", "--grpo-difficulty", "4"], "--grpo-difficulty"),
+    (["--reward-success", "-2"], "--reward-success"),
+    (["--stages", "pretrain", "--grpo", "on"], "--stages pretrain"),
+    (["--grpo", "off", "--stages", "grpo"], "--grpo is off"),
+    (["--grpo-tasks", "missing.jsonl"], "--grpo-tasks"),
+    (["--grpo", "on", "--grpo-completion-length", "300", "--seq-len", "256"], "--grpo-completion-length"),
+    (["--grpo-generations", "1"], "--grpo-generations"),
+    (["--grpo-accelerator", "unsloth", "--device", "cpu"], "--grpo-accelerator"),
+])
+def test_grpo_flag_errors(argv, needle):
+    from training.cli import UsageError, parse_args
+
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        parse_args(argv)
+
+
+def test_grpo_flags_build_the_stage_config():
+    from training.cli import parse_args
+    from training.config import RunConfig
+
+    g = RunConfig.from_args(parse_args(["--grpo", "on", "--grpo-difficulty", "1,2", "--grpo-lora-rank", "8"])).grpo
+    assert g.enabled and g.difficulties == (1, 2) and g.lora_rank == 8 and g.reward_success == 2.0
+    assert RunConfig.from_args(parse_args(["--stages", "grpo"])).grpo.only

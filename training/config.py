@@ -12,6 +12,7 @@ import argparse
 from dataclasses import asdict, dataclass, field
 
 from training.data.pipeline import DataConfig
+from training.grpo import GRPOStageConfig
 
 
 @dataclass
@@ -108,6 +109,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> RunConfig:
@@ -139,6 +141,15 @@ class RunConfig:
                 dir=ns.checkpoint_dir, resume=ns.resume, weights_only=ns.resume_weights_only,
                 save_every=ns.save_every, keep=ns.max_checkpoints, async_save=ns.async_checkpoint,
                 max_nonfinite_skips=ns.max_nonfinite_skips,
+            ),
+            grpo=GRPOStageConfig(
+                enabled=ns.grpo, every=ns.grpo_every, steps=ns.grpo_steps, prompts_per_step=ns.grpo_prompts,
+                generations=ns.grpo_generations, max_completion_length=ns.grpo_completion_length,
+                temperature=ns.grpo_temperature, beta=ns.grpo_beta, lr=ns.grpo_lr, lora_rank=ns.grpo_lora_rank,
+                reward_success=ns.reward_success, reward_fail=ns.reward_fail, accelerator=ns.grpo_accelerator,
+                tasks=ns.grpo_tasks, difficulties=tuple(ns.grpo_difficulty), eval_tasks=ns.grpo_eval_tasks,
+                sandbox_workers=ns.sandbox_workers, sandbox_timeout_s=ns.sandbox_timeout,
+                only=ns.stages == "grpo",
             ),
         )
 

@@ -64,10 +64,9 @@ def test_phase_updates_live_weights_and_reports_metrics(tiny, monkeypatch):
         stage.close()
 
 
-@pytest.mark.xfail(strict=False, reason="awaiting loop integration")
 def test_grpo_phase_inside_a_tiny_run(tmp_path):
     out = tmp_path / "run"
-    r = run_eco_train("@train_sigma_args_cpu.txt", "--steps", "4", "--output-dir", str(out), "--checkpoint-dir",
+    r = run_eco_train("@train_sigma_args_cpu.txt", "--steps", "4", "--warmup-steps", "1", "--output-dir", str(out), "--checkpoint-dir",
                       str(tmp_path / "ck"), "--grpo", "on", "--grpo-every", "2", "--grpo-steps", "2",
                       "--grpo-generations", "2", "--grpo-prompts", "1", "--grpo-completion-length", "16",
                       "--grpo-eval-tasks", "2", "--seq-len", "256", "--resume", "never", timeout=600)

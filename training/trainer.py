@@ -40,6 +40,7 @@ from training.crash import write_crash_report
 from training.data.pipeline import Batch, DataPipeline
 from training.data.prefetch import Prefetcher
 from training.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from training.grpo import GRPOStage, trl_grpo_available
 from training.hardware import HardwareProfile, resolve_profile
 from training.metrics import (
     STAGES,
@@ -125,6 +126,8 @@ class Session:
     features: dict[str, list[int]] = field(default_factory=dict)
     """feature name -> [enabled, effective calls]."""
     startup: dict = field(default_factory=dict)
+    grpo: GRPOStage | None = None
+    """the GRPO post-training stage, when --grpo on."""
     stop_signal: int | None = None
     rolled_back_since_save: bool = False
 
@@ -141,18 +144,13 @@ class Session:
     def close(self) -> None:
         if self.batches is not None:
             self.batches.close()
+        if self.grpo is not None:
+            self.grpo.close()
         self.saver.close()
 
 
 # ----------------------------------------------------------------------------------------------
 # Set-up
-
-
-def trl_grpo_importable() -> bool:
-    """Whether TRL's GRPO stage could load, without importing it (a full import costs seconds)."""
-    import importlib.util
-
-    return importlib.util.find_spec("trl") is not None and importlib.util.find_spec("trl.trainer.grpo_trainer") is not None
 
 
 def seed_everything(seed: int) -> None:
@@ -285,10 +283,14 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     s = Session(cfg=cfg, run_dir=run_dir, metrics=metrics, hw=hw, tok=tok, tok_dir=run_dir / "tokenizer",
                 pipeline=pipeline, batches=None, heldout=heldout, model=model, forward=model, opt=opt,
                 saver=saver, provenance=provenance)
+    if cfg.grpo.enabled:  # a missing or broken TRL is a start-up error here, before any training
+        s.grpo = GRPOStage(cfg.grpo, tok, device=hw.device, seed=loop.seed)
     metrics.run_id = (ckpt["state"].get("run_id") if ckpt and not cfg.checkpoint.weights_only else None) or (
         f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
     if ckpt is not None:
         restore(s, ckpt, weights_only=cfg.checkpoint.weights_only)
+        if s.grpo is not None and ckpt["state"].get("grpo") and not cfg.checkpoint.weights_only:
+            s.grpo.load_state_dict(ckpt["state"]["grpo"])
         saver.last_valid = ckpt_path
         saver.submitted_step = s.state.step  # that step is on disk already: never save it again
         console.say(f"resumed from {ckpt_path} at step {s.state.step}"
@@ -309,7 +311,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "muon": [int(opt.muon is not None), 0], "c3o": [int(opt.c3o is not None), 0],
         "compile": [int(hw.compile), 0], "bootstrap_seed": [int(cfg.data.bootstrap_seed_batches > 0), 0],
         "checkpoint": [1, 0], "async_checkpoint": [int(cfg.checkpoint.async_save), 0],
-        "nonfinite_guard": [1, 0], "eval": [1, 0], "samples": [1, 0],
+        "nonfinite_guard": [1, 0], "eval": [1, 0], "samples": [1, 0], "grpo": [int(cfg.grpo.enabled), 0],
     }
 
     if loop.wandb != "off":
@@ -330,7 +332,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "startup_init_s": time.perf_counter() - t_start, **inversion, "n_params": n_params,
         "flops_per_token": model.flops_per_token(cfg.model.seq_len), **split_summary, **hw.startup_fields(),
         "checkpoint_resume_step": resume_step, "checkpoint_quarantine_count": quarantined,
-        "bitnet_1_58_active": 0, "trl_grpo_available": int(trl_grpo_importable()), "run_id": metrics.run_id,
+        "bitnet_1_58_active": 0, "trl_grpo_available": int(trl_grpo_available()), "run_id": metrics.run_id,
         **toolchain,
     }
     console.facts(model_params=n_params, **split_summary, **inversion, checkpoint_resume_step=resume_step,
@@ -449,6 +451,7 @@ def snapshot(s: Session) -> Snapshot:
                      "total_steps": s.cfg.loop.steps},
         "rng": {"python": [py[0], list(py[1]), py[2]],
                 "numpy": [np_state[0], np_state[1].tolist(), *(x for x in np_state[2:])]},
+        "grpo": s.grpo.state_dict() if s.grpo is not None else None,
         "features": s.feature_fields(), "config": s.cfg.to_dict(), **s.provenance,
     }
     weights = {k: v.to("cpu", copy=True) for k, v in weight_tensors(s.model).items()}
@@ -558,6 +561,31 @@ def log_step(s: Session, clock: StageClock, resources: ResourceSampler, interval
     clock.add("logging", time.perf_counter() - t_log0)
 
 
+def maybe_run_phase(s: Session, clock: StageClock, step: int) -> None:
+    """A post-training phase (GRPO) on the live weights, between pretraining steps."""
+    m = timed(s, clock, "post_training", s.grpo.run_phase, s.model, step)
+    s.count("grpo")
+    s.metrics.write("grpo", step=step, tokens=s.state.tokens, **m)
+    console.say(f"GRPO phase {m['grpo_phase']} after step {step}: pass rate {m['grpo_pass_rate']:.0%}, "
+                f"{m['grpo_executions']} executions in {m['grpo_phase_s']:.1f}s ({m['grpo_accelerator']})")
+
+
+def train_post_only(s: Session, t_start: float) -> int:
+    """--stages grpo: no pretraining steps; each of --steps runs one GRPO phase on the --init-from model."""
+    clock = StageClock(s.hw.device, enabled=False)
+    state = s.state
+    if state.heldout_loss_step0 is None:
+        state.heldout_loss_step0 = evaluate(s)
+        s.metrics.write("eval", step=state.step, tokens=state.tokens, heldout_loss=state.heldout_loss_step0)
+    s.metrics.write("startup", step=state.step, tokens=state.tokens, **s.startup)
+    while state.step < s.cfg.loop.steps and s.stop_signal is None:
+        state.step += 1
+        maybe_run_phase(s, clock, state.step)
+        if s.cfg.checkpoint.save_every and state.step % s.cfg.checkpoint.save_every == 0:
+            save(s)
+    return finish(s, t_start)
+
+
 def _duration(seconds: float) -> str:
     m, sec = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
@@ -620,6 +648,8 @@ def train(s: Session, t_start: float) -> int:
                 console.say(f"held-out loss at step {step}: {h:.4f}")
             if loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
                 timed(s, clock, "eval", write_samples, s)
+            if s.grpo is not None and s.grpo.should_run(step):
+                maybe_run_phase(s, clock, step)
             if s.cfg.checkpoint.save_every and step % s.cfg.checkpoint.save_every == 0 and step != loop.steps:
                 state.loss_sum += loss_acc.item()  # carry the open log interval into the checkpoint
                 loss_acc.zero_()
@@ -678,7 +708,7 @@ def run(cfg: RunConfig) -> int:
     try:
         s = setup(cfg, run_dir, metrics, t_start)
         previous_handlers = _install_signal_handlers(s)
-        return train(s, t_start)
+        return train_post_only(s, t_start) if cfg.grpo.only else train(s, t_start)
     except KeyboardInterrupt:
         last = s.saver.last_valid if s else None
         print(f"eco_train: interrupted; the last valid checkpoint is {last}", file=sys.stderr)

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 VERSION = "0.1.0"
 
 MODEL_PRESETS = ("tiny", "124m", "350m", "1b")
-DATA_BACKENDS = ("seed", "local")
+DATA_BACKENDS = ("seed", "local", "hybrid")
+MIX_SOURCES = ("fineweb_edu", "cosmopedia", "commoncrawl")
 
 
 class UsageError(Exception):
@@ -95,6 +96,38 @@ def _on_off(s: str) -> bool:
 
 _on_off.__name__ = "on|off"
 
+def _mix(s: str) -> dict[str, float]:
+    """`fineweb_edu=0.5,cosmopedia=0.3,commoncrawl=0.2` -> weights (missing sources get 0)."""
+    out: dict[str, float] = {}
+    for part in s.split(","):
+        name, eq, value = part.strip().partition("=")
+        if not eq or name not in MIX_SOURCES:
+            raise argparse.ArgumentTypeError(
+                f"expected name=weight pairs separated by commas with names from {', '.join(MIX_SOURCES)}, got {s!r}")
+        try:
+            w = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"weight of {name} must be a number, got {value!r}") from None
+        if not w >= 0 or w == float("inf"):
+            raise argparse.ArgumentTypeError(f"weight of {name} must be a finite number >= 0, got {value}")
+        out[name] = w
+    if sum(out.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"at least one weight must be > 0, got {s!r}")
+    return out
+
+
+_mix.__name__ = "name=weight,..."
+
+
+def _subsets(s: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in s.split(",") if x.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of subset names")
+    return names
+
+
+_subsets.__name__ = "list"
+
 pos_int = _int_at_least(1)
 nonneg_int = _int_at_least(0)
 
@@ -165,7 +198,8 @@ def build_parser() -> _Parser:
 
     g = p.add_argument_group("data")
     g.add_argument("--data-backend", choices=DATA_BACKENDS, default="seed",
-                   help="seed: the embedded generated corpus; local: txt/md/py, jsonl(.gz) and parquet files")
+                   help="seed: the embedded generated corpus; local: txt/md/py, jsonl(.gz) and parquet files; "
+                        "hybrid: FineWeb-Edu + Cosmopedia + CommonCrawl WET streamed (or from local mirrors)")
     g.add_argument("--data-path", action="append", default=None, metavar="PATH",
                    help="file or directory for --data-backend local (repeatable)")
     g.add_argument("--text-field", default="text", help="text column of jsonl/parquet files")
@@ -176,6 +210,30 @@ def build_parser() -> _Parser:
                    help="characters of the stream sampled to train the tokenizer")
     g.add_argument("--bootstrap-seed-batches", type=nonneg_int, default=0,
                    help="first N batches come from the embedded seed corpus, identical across runs")
+    g.add_argument("--data-workers", type=nonneg_int, default=0,
+                   help="worker processes reading, filtering and tokenizing (0: one background thread); "
+                        "a checkpoint resumes with the same number")
+    g.add_argument("--mix", type=_mix, default=None, metavar="NAME=W,...",
+                   help="hybrid weights, e.g. fineweb_edu=0.5,cosmopedia=0.3,commoncrawl=0.2 (the default)")
+    g.add_argument("--fineweb-path", default=None, metavar="DIR",
+                   help="hybrid: local FineWeb-Edu mirror (parquet/jsonl, the dataset's schema); default: the Hub")
+    g.add_argument("--fineweb-config", default="sample-10BT", help="hybrid: FineWeb-Edu config streamed from the Hub")
+    g.add_argument("--fineweb-min-score", type=_float_in(0.0, 5.0), default=3.0,
+                   help="hybrid: keep FineWeb-Edu rows whose score is at least this (default 3)")
+    g.add_argument("--cosmopedia-path", default=None, metavar="DIR",
+                   help="hybrid: local Cosmopedia mirror (subset folders of parquet/jsonl); default: the Hub")
+    g.add_argument("--cosmopedia-subsets", type=_subsets, default=None, metavar="A,B,...",
+                   help="hybrid: Cosmopedia subsets (default: all eight)")
+    g.add_argument("--cc-crawl", default="CC-MAIN-2024-51", metavar="CC-MAIN-YYYY-WW",
+                   help="hybrid: CommonCrawl crawl whose wet.paths.gz lists the WET files")
+    g.add_argument("--cc-wet-paths", default=None, metavar="FILE",
+                   help="hybrid: file (or URL) listing WET URLs or local .warc.wet.gz paths, one per line; "
+                        "overrides --cc-crawl")
+    g.add_argument("--source-timeout", type=_float_in(0.0, 86400.0, lo_open=True), default=60.0,
+                   help="hybrid: seconds a remote source may stay unreachable before --on-source-failure applies")
+    g.add_argument("--on-source-failure", choices=("wait", "drop", "fail"), default="drop",
+                   help="hybrid: wait (retry, logging every 30 s), drop (renormalise the mix; the seed corpus "
+                        "when none is left), fail (stop the run)")
 
     g = p.add_argument_group("grpo (post-training on code tasks; see README 'GRPO stage and sandbox')")
     g.add_argument("--grpo", type=_on_off, default=False, metavar="on|off",
@@ -242,6 +300,7 @@ def validate(ns: argparse.Namespace) -> None:
             f"--data-path is only read by --data-backend local, but the backend is {ns.data_backend!r}; "
             "fix: add --data-backend local or drop --data-path"
         )
+    _validate_hybrid(ns)
     if ns.tokenizer is not None:
         tok = ns.tokenizer
         if not (os.path.isfile(tok) or os.path.isfile(os.path.join(tok, "tokenizer.json"))):
@@ -267,6 +326,33 @@ def validate(ns: argparse.Namespace) -> None:
     if ns.eval_batches and ns.seq_len * ns.batch_size > 1 << 24:
         raise UsageError(f"--seq-len {ns.seq_len} x --batch-size {ns.batch_size} is over 16M tokens per "
                          "micro-batch; fix: lower --batch-size and raise --grad-accum")
+
+
+def _validate_hybrid(ns: argparse.Namespace) -> None:
+    hybrid_flags = {"--mix": ns.mix, "--fineweb-path": ns.fineweb_path, "--cosmopedia-path": ns.cosmopedia_path,
+                    "--cosmopedia-subsets": ns.cosmopedia_subsets, "--cc-wet-paths": ns.cc_wet_paths}
+    if ns.data_backend != "hybrid":
+        for flag, value in hybrid_flags.items():
+            if value is not None:
+                raise UsageError(f"{flag} is only read by --data-backend hybrid, but the backend is "
+                                 f"{ns.data_backend!r}; fix: add --data-backend hybrid or drop {flag}")
+        return
+    for flag, path in (("--fineweb-path", ns.fineweb_path), ("--cosmopedia-path", ns.cosmopedia_path)):
+        if path is None:
+            continue
+        if not os.path.exists(path):
+            raise UsageError(f"{flag} {path!r} does not exist; fix: give a folder of the dataset's parquet/jsonl "
+                             "files, or drop the flag to stream from the Hub")
+        if os.path.isdir(path) and not any(n.endswith((".parquet", ".jsonl", ".jsonl.gz", ".json"))
+                                           for _, _, names in os.walk(path) for n in names):
+            raise UsageError(f"{flag} {path!r} holds no .parquet/.jsonl files; fix: give the mirror's folder")
+    wet = ns.cc_wet_paths
+    if wet is not None and not wet.startswith(("http://", "https://")) and not os.path.isfile(wet):
+        raise UsageError(f"--cc-wet-paths {wet!r} is not a file; fix: give a text file listing WET URLs or "
+                         "paths, one per line (or an http(s) URL of one)")
+    if not ns.cc_crawl and wet is None and (ns.mix or {}).get("commoncrawl", 1) > 0:
+        raise UsageError("commoncrawl needs --cc-crawl or --cc-wet-paths; fix: give one, or "
+                         "--mix ...,commoncrawl=0")
 
 
 def validate_grpo(ns: argparse.Namespace, given: set[str]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass, field
 
-from training.data.pipeline import DataConfig
+from training.data.pipeline import DEFAULT_MIX, DataConfig
 from training.grpo import GRPOStageConfig
 
 
@@ -125,6 +125,17 @@ class RunConfig:
                 text_field=ns.text_field,
                 bootstrap_seed_batches=ns.bootstrap_seed_batches,
                 seed=ns.seed,
+                workers=ns.data_workers,
+                **({"mix": {**dict.fromkeys(DEFAULT_MIX, 0.0), **ns.mix}} if ns.mix else {}),
+                fineweb_path=ns.fineweb_path,
+                fineweb_config=ns.fineweb_config,
+                fineweb_min_score=ns.fineweb_min_score,
+                cosmopedia_path=ns.cosmopedia_path,
+                **({"cosmopedia_subsets": ns.cosmopedia_subsets} if ns.cosmopedia_subsets else {}),
+                cc_crawl=ns.cc_crawl or None,
+                cc_wet_paths=ns.cc_wet_paths,
+                source_timeout=ns.source_timeout,
+                on_source_failure=ns.on_source_failure,
             ),
             optim=OptimConfig(
                 name=ns.optimizer, lr=ns.lr, muon_lr=ns.muon_lr, weight_decay=ns.weight_decay,

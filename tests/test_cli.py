@@ -66,6 +66,16 @@ def test_help_and_version():
         (["--device", "cpu", "--hardware-profile", "bf16"], "--hardware-profile bf16 needs a CUDA GPU"),
         (["--tokenizer", "/nonexistent/tok.json"], "--tokenizer '/nonexistent/tok.json' is neither"),
         (["--init-from", "/nonexistent/model"], "--init-from '/nonexistent/model' is not a Hugging Face"),
+        (["--data-backend", "hybrid", "--mix", "fineweb=1"], "argument --mix: expected name=weight pairs"),
+        (["--data-backend", "hybrid", "--mix", "cosmopedia=x"], "argument --mix: weight of cosmopedia must be"),
+        (["--data-backend", "hybrid", "--mix", "cosmopedia=-1"], "argument --mix: weight of cosmopedia must be"),
+        (["--data-backend", "hybrid", "--mix", "cosmopedia=0"], "argument --mix: at least one weight"),
+        (["--mix", "cosmopedia=1"], "--mix is only read by --data-backend hybrid"),
+        (["--data-backend", "hybrid", "--fineweb-path", "/nonexistent/fw"], "--fineweb-path '/nonexistent/fw' does not"),
+        (["--data-backend", "hybrid", "--cosmopedia-path", "training/data"],
+         "--cosmopedia-path 'training/data' holds no .parquet/.jsonl"),
+        (["--data-backend", "hybrid", "--cc-wet-paths", "/nonexistent/list"], "--cc-wet-paths '/nonexistent/list' is"),
+        (["--data-backend", "hybrid", "--cc-crawl", ""], "commoncrawl needs --cc-crawl or --cc-wet-paths"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_message(args, needle):

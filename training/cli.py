@@ -96,6 +96,9 @@ def _on_off(s: str) -> bool:
 
 _on_off.__name__ = "on|off"
 
+_MIX_FIX = "; fix: e.g. --mix fineweb_edu=0.5,cosmopedia=0.3,commoncrawl=0.2"
+
+
 def _mix(s: str) -> dict[str, float]:
     """`fineweb_edu=0.5,cosmopedia=0.3,commoncrawl=0.2` -> weights (missing sources get 0)."""
     out: dict[str, float] = {}
@@ -103,16 +106,17 @@ def _mix(s: str) -> dict[str, float]:
         name, eq, value = part.strip().partition("=")
         if not eq or name not in MIX_SOURCES:
             raise argparse.ArgumentTypeError(
-                f"expected name=weight pairs separated by commas with names from {', '.join(MIX_SOURCES)}, got {s!r}")
+                f"expected name=weight pairs separated by commas with names from {', '.join(MIX_SOURCES)}, got {s!r}"
+                f"{_MIX_FIX}")
         try:
             w = float(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"weight of {name} must be a number, got {value!r}") from None
+            raise argparse.ArgumentTypeError(f"weight of {name} must be a number, got {value!r}{_MIX_FIX}") from None
         if not w >= 0 or w == float("inf"):
-            raise argparse.ArgumentTypeError(f"weight of {name} must be a finite number >= 0, got {value}")
+            raise argparse.ArgumentTypeError(f"weight of {name} must be a finite number >= 0, got {value}{_MIX_FIX}")
         out[name] = w
     if sum(out.values()) <= 0:
-        raise argparse.ArgumentTypeError(f"at least one weight must be > 0, got {s!r}")
+        raise argparse.ArgumentTypeError(f"at least one weight must be > 0, got {s!r}{_MIX_FIX}")
     return out
 
 
@@ -345,7 +349,8 @@ def _validate_hybrid(ns: argparse.Namespace) -> None:
                              "files, or drop the flag to stream from the Hub")
         if os.path.isdir(path) and not any(n.endswith((".parquet", ".jsonl", ".jsonl.gz", ".json"))
                                            for _, _, names in os.walk(path) for n in names):
-            raise UsageError(f"{flag} {path!r} holds no .parquet/.jsonl files; fix: give the mirror's folder")
+            raise UsageError(f"{flag} {path!r} holds no .parquet/.jsonl files; fix: give the mirror's folder "
+                             "(the dataset's parquet or jsonl files, in subfolders or not)")
     wet = ns.cc_wet_paths
     if wet is not None and not wet.startswith(("http://", "https://")) and not os.path.isfile(wet):
         raise UsageError(f"--cc-wet-paths {wet!r} is not a file; fix: give a text file listing WET URLs or "

@@ -113,9 +113,14 @@ class Isolation:
 _ISOLATION: Isolation | None = None
 _ISOLATION_LOCK = threading.Lock()
 
+# Runs as root inside the new mount namespace, then execs the harness ("$1" is the interpreter).
+# An interpreter that itself lives under a folder about to be hidden (a checkout or a frozen
+# binary under /tmp, as on CI machines) is first bind-mounted onto /mnt so it stays reachable.
 _MOUNT_SCRIPT = (
+    'p=$1; shift; case "$p" in /tmp/*|/var/tmp/*|/dev/shm/*) [ -d /mnt ] || exit 97; '
+    'mount --bind "$(dirname "$p")" /mnt || exit 97; p="/mnt/$(basename "$p")";; esac; '
     "for d in /tmp /var/tmp /dev/shm; do [ -d $d ] && mount -t tmpfs -o size=64m,mode=1777 sigma_sbx $d || exit 97; "
-    'done; exec "$@"'
+    'done; exec "$p" "$@"'
 )
 
 
@@ -165,7 +170,8 @@ class SandboxPool:
                  python: str | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.limits = limits or SandboxLimits()
-        self.python = python or sys.executable
+        # The real file, not a venv's symlink: the harness runs with -I -S (standard library only).
+        self.python = python or os.path.realpath(sys.executable)
         self.iso = probe_isolation()
         self._slots: queue.Queue[int] = queue.Queue()
         for i in range(self.workers):

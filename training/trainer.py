@@ -334,6 +334,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "flops_per_token": model.flops_per_token(cfg.model.seq_len), **split_summary, **hw.startup_fields(),
         "checkpoint_resume_step": resume_step, "checkpoint_quarantine_count": quarantined,
         "bitnet_1_58_active": 0, "trl_grpo_available": int(trl_grpo_available()), "run_id": metrics.run_id,
+        **{k: v for k, v in s.batches.stats().items() if k.endswith("_up") or k == "data_fallback_seed"},
         **toolchain,
     }
     console.facts(model_params=n_params, **split_summary, **inversion, checkpoint_resume_step=resume_step,
@@ -525,6 +526,7 @@ def log_step(s: Session, clock: StageClock, resources: ResourceSampler, interval
     t_log0 = time.perf_counter()
     state, cfg = s.state, s.cfg
     stage_s, n = clock.drain()  # the one extra host-device sync per log interval
+    data_stats = s.batches.stats()  # per-source counts, filter drops, availability, fallback
     loss_val = state.loss_sum / max(state.loss_steps, 1)
     state.loss_sum, state.loss_steps = 0.0, 0
     if not math.isfinite(loss_val):
@@ -552,12 +554,14 @@ def log_step(s: Session, clock: StageClock, resources: ResourceSampler, interval
         mfu=s.startup["flops_per_token"] * core_tps / (peak * 1e12) if peak else None,
         **phases, perf_bottleneck_stage_id=stage_id, perf_bottleneck_stage=stage_name,
         perf_bottleneck_share=share, nonfinite_skips=state.nonfinite_skips,
-        **(resources.read() if full else {}), **s.feature_fields(),
+        **(resources.read() if full else {}), **s.feature_fields(), **data_stats,
     )
     eta_s = (cfg.loop.steps - state.step) * rec["effective_step_time_s"]
     console.status(state.step, cfg.loop.steps, loss=round(loss_val, 4), tok_s=int(eff_tps),
                    step_ms=round(rec["effective_step_time_s"] * 1e3, 1), eta=_duration(eta_s),
-                   **({"bottleneck": f"{stage_name}:{share:.0%}"} if stage_name else {}))
+                   **({"bottleneck": f"{stage_name}:{share:.0%}"} if stage_name else {}),
+                   **({"data": "seed-fallback (no remote source reachable)"} if data_stats.get("data_fallback_seed")
+                      else {}))
     interval["t"], interval["tokens"] = now, state.tokens
     clock.add("logging", time.perf_counter() - t_log0)
 

@@ -76,11 +76,16 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--vocab-size", type=int, default=32768)
     ap.add_argument("--docs-per-file", type=int, default=3000)
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="write the mirrors into DIR and keep them (prints the trainer flags that read them)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        mirrors = write_mirrors(Path(tmp), args.docs_per_file)
+        mirrors = write_mirrors(Path(args.keep or tmp), args.docs_per_file)
+        if args.keep:
+            print("trainer flags: --data-backend hybrid " + " ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in mirrors.items()), flush=True)
         tok = train_tokenizer([page(i) for i in range(3000)], args.vocab_size)
         print(f"mirrors + tokenizer ready in {time.perf_counter() - t0:.1f}s (cpus={os.cpu_count()})", flush=True)
         results = {}

@@ -49,7 +49,7 @@ def one_run(args: argparse.Namespace, out: Path, level: str) -> dict:
         "--grad-accum", "1", "--steps", str(args.steps), "--log-every", str(args.log_every),
         "--eval-every", "0", "--eval-batches", "2", "--sample-every", "0", "--warmup-steps", "10",
         "--tokenizer-train-chars", str(args.tokenizer_chars), "--vocab-size", str(args.vocab_size),
-        "--data-backend", "local", "--data-path", args.data_path,
+        *([] if "--data-backend" in args.extra else ["--data-backend", "local", "--data-path", args.data_path]),
         "--output-dir", str(out), "--checkpoint-dir", str(out / "ckpt"), "--compile", args.compile,
         "--metrics-level", level, "--resume", "never", "--save-every", "0", *args.extra,
     ]

@@ -500,11 +500,10 @@ def rollback(s: Session) -> None:
 
 def _install_signal_handlers(s: Session) -> dict:
     def handler(signum, _frame):
+        # Only a flag: printing here could re-enter a print the main thread is in the middle of.
         if s.stop_signal is not None:  # the second one: leave now (saves are atomic, nothing corrupts)
             raise KeyboardInterrupt
         s.stop_signal = signum
-        console.say(f"got {signal.Signals(signum).name}: finishing this step, saving a checkpoint, then exiting "
-                    "(press Ctrl-C again to exit at once without saving)")
 
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -663,6 +662,8 @@ def train(s: Session, t_start: float) -> int:
         resources.close()
 
     if s.stop_signal is not None:
+        console.say(f"got {signal.Signals(s.stop_signal).name}: step {state.step} finished, saving a checkpoint, "
+                    "then exiting (press Ctrl-C again to exit at once without saving)")
         state.loss_sum += loss_acc.item()
         save(s)
         s.saver.wait()

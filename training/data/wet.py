@@ -77,6 +77,9 @@ def iter_members(fh: BinaryIO, start: int = 0) -> Iterator[Member]:
             continue
         if not buf:
             return
+        if eof and len(buf) < len(_GZIP_MAGIC) and _GZIP_MAGIC.startswith(buf):
+            yield Member(base, None, "truncated")  # the file ends inside the next member's magic bytes
+            return
         if not buf.startswith(_GZIP_MAGIC):
             nxt = buf.find(_GZIP_MAGIC, 1)
             if not in_garbage:

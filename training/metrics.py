@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -252,7 +251,3 @@ class ResourceSampler:
 
     def close(self) -> None:
         self._stop.set()
-
-
-def process_info() -> dict[str, object]:
-    return {"argv": sys.argv, "pid": os.getpid(), "platform": platform.platform()}

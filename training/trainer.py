@@ -472,6 +472,13 @@ def save(s: Session) -> None:
     s.count("checkpoint")
     if s.cfg.checkpoint.async_save:
         s.count("async_checkpoint")
+    record_saves(s)
+
+
+def record_saves(s: Session, *, wait: bool = False) -> None:
+    """Write a `checkpoint` record for each save that has finished (all of them with wait=True)."""
+    if wait:
+        s.saver.wait()
     for rec in s.saver.pop_results():
         s.metrics.write("checkpoint", step=rec.pop("step"), tokens=s.state.tokens, **rec)
 
@@ -666,9 +673,7 @@ def train(s: Session, t_start: float) -> int:
                     "then exiting (press Ctrl-C again to exit at once without saving)")
         state.loss_sum += loss_acc.item()
         save(s)
-        s.saver.wait()
-        for rec in s.saver.pop_results():
-            metrics.write("checkpoint", step=rec.pop("step"), tokens=state.tokens, **rec)
+        record_saves(s, wait=True)
         name = signal.Signals(s.stop_signal).name
         metrics.write("stopped", step=state.step, tokens=state.tokens, signal=name,
                       checkpoint=str(s.saver.last_valid))
@@ -684,9 +689,7 @@ def finish(s: Session, t_start: float) -> int:
     metrics.write("eval", step=state.step, tokens=state.tokens, heldout_loss=final_loss)
     write_samples(s)
     save(s)
-    s.saver.wait()
-    for rec in s.saver.pop_results():
-        metrics.write("checkpoint", step=rec.pop("step"), tokens=state.tokens, **rec)
+    record_saves(s, wait=True)
     if s.saver.last_valid_step != state.step:
         raise CheckpointError(f"the final checkpoint could not be written: {s.saver.last_error}")
     if s.cfg.loop.export_hf:

@@ -37,6 +37,10 @@ class ModelConfig:
     """Share the LM head weight with the token embedding (saves ``vocab_size * d_model`` parameters)."""
     init_std: float = 0.02
     """Standard deviation of the normal init of embeddings and matrices."""
+    qk_norm: bool = True
+    """Per-head RMSNorm on queries and keys before RoPE (Qwen3). False gives the Llama layout."""
+    bitnet: bool = False
+    """BitNet 1.58: block linears train quantisation-aware (ternary weights, 8-bit activations)."""
 
     def validate(self) -> "ModelConfig":
         """Check the fields are consistent; raise ``ValueError`` naming the field and the fix.
@@ -68,8 +72,9 @@ class ModelConfig:
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"ModelConfig.{name} must be > 0, got {value!r}")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"ModelConfig.tie_embeddings must be a bool, got {self.tie_embeddings!r}")
+        for name in ("tie_embeddings", "qk_norm", "bitnet"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         return self
 
     # ------------------------------------------------------------------ parameter counting
@@ -86,7 +91,8 @@ class ModelConfig:
         A tied LM head is counted once (inside the embedding). With ``include_embedding=False`` the
         token embedding is left out (the LM head of an untied model still counts).
         """
-        norms = self.n_layer * (2 * self.d_model + 2 * self.head_dim) + self.d_model
+        qk_norms = 2 * self.head_dim if self.qk_norm else 0
+        norms = self.n_layer * (2 * self.d_model + qk_norms) + self.d_model
         embedding = self.vocab_size * self.d_model
         head = 0 if self.tie_embeddings else self.vocab_size * self.d_model
         total = self.block_matrix_params() + norms + head

@@ -32,27 +32,49 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.bitnet import BitLinear
 from model.config import ModelConfig
 
 IGNORE_INDEX = -100  # target id excluded from the loss (padding, prompt tokens)
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim in fp32, cast back before the weight multiply (as HF's Qwen3RMSNorm).
+
+    The signature every RMSNorm kernel shares (``training/kernels`` swaps in a Triton one).
+    """
+    x_f32 = x.float()
+    x_f32 = x_f32 * torch.rsqrt(x_f32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x_f32.to(x.dtype)
+
+
+def linear_cross_entropy_reference(
+    h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor
+) -> torch.Tensor:
+    """Mean fp32 cross-entropy of ``h @ weight.T`` against ``targets`` (``IGNORE_INDEX`` skipped).
+
+    Materialises the full ``(N, V)`` fp32 logits; a fused kernel with this signature never does.
+    """
+    logits_NV = F.linear(h_ND, weight_VD).float()
+    return F.cross_entropy(logits_NV, targets_N, ignore_index=IGNORE_INDEX)
 
 
 class RMSNorm(nn.Module):
     """RMSNorm over the last dim, normalising in fp32 like Hugging Face's Qwen3RMSNorm.
 
     The cast back to the input dtype happens *before* the weight multiply, as in HF, so bf16 outputs
-    match a stock transformers model bit for bit in the common case.
+    match a stock transformers model bit for bit in the common case. ``fn`` is the kernel
+    (:func:`rms_norm_reference` unless :meth:`SigmaLM.use_kernels` swapped it).
     """
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.fn = rms_norm_reference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_f32 = x.float()
-        x_f32 = x_f32 * torch.rsqrt(x_f32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x_f32.to(x.dtype)
+        return self.fn(x, self.weight, self.eps)
 
 
 def rope_tables(
@@ -108,18 +130,26 @@ class Rotary(nn.Module):
         return self.cos_SHd[:seq_len], self.sin_SHd[:seq_len]
 
 
+def block_linear(cfg: ModelConfig, d_in: int, d_out: int) -> nn.Linear:
+    """A bias-free linear inside a block: plain, or quantisation-aware under BitNet 1.58."""
+    return BitLinear(d_in, d_out) if cfg.bitnet else nn.Linear(d_in, d_out, bias=False)
+
+
 class Attention(nn.Module):
-    """Grouped-query causal self-attention with Qwen3's per-head QK RMSNorm (applied before RoPE)."""
+    """Grouped-query causal self-attention with Qwen3's per-head QK RMSNorm (applied before RoPE).
+
+    ``cfg.qk_norm=False`` drops the QK norm (the Llama layout, for imported models).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_eps)
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_eps)
+        self.q_proj = block_linear(cfg, cfg.d_model, cfg.n_head * cfg.head_dim)
+        self.k_proj = block_linear(cfg, cfg.d_model, cfg.n_kv_head * cfg.head_dim)
+        self.v_proj = block_linear(cfg, cfg.d_model, cfg.n_kv_head * cfg.head_dim)
+        self.o_proj = block_linear(cfg, cfg.n_head * cfg.head_dim, cfg.d_model)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_eps) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x_BTD: torch.Tensor, cos_THd: torch.Tensor, sin_THd: torch.Tensor) -> torch.Tensor:
         B, T, _ = x_BTD.shape
@@ -146,9 +176,9 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.gate_proj = block_linear(cfg, cfg.d_model, cfg.d_ff)
+        self.up_proj = block_linear(cfg, cfg.d_model, cfg.d_ff)
+        self.down_proj = block_linear(cfg, cfg.d_ff, cfg.d_model)
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
@@ -184,7 +214,30 @@ class SigmaLM(nn.Module):
             # One Parameter object under two names; named_parameters() reports it once, as embed_tokens.
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.linear_ce = linear_cross_entropy_reference
         self.init_weights()
+
+    def use_kernels(
+        self,
+        *,
+        rms_norm: Callable | None = None,
+        linear_ce: Callable | None = None,
+        bitnet_quant: Callable | None = None,
+    ) -> "SigmaLM":
+        """Swap in kernels with the reference signatures (None keeps the current one). Returns self.
+
+        ``rms_norm`` like :func:`rms_norm_reference`, ``linear_ce`` like
+        :func:`linear_cross_entropy_reference`, ``bitnet_quant`` like
+        :func:`model.bitnet.bitnet_quant_reference`. Weights and state dict are untouched.
+        """
+        for module in self.modules():
+            if rms_norm is not None and isinstance(module, RMSNorm):
+                module.fn = rms_norm
+            if bitnet_quant is not None and isinstance(module, BitLinear):
+                module.quant = bitnet_quant
+        if linear_ce is not None:
+            self.linear_ce = linear_ce
+        return self
 
     # ------------------------------------------------------------------ initialisation
 
@@ -273,13 +326,11 @@ class SigmaLM(nn.Module):
         x_BTD = self.embed_tokens(idx_BT)
         for block in self.layers:
             x_BTD = block(x_BTD, cos_THd, sin_THd)
-        # fp32 logits: bf16 log-softmax over a large vocabulary loses visible precision in the loss.
-        logits_BTV = self.lm_head(self.norm(x_BTD)).float()
+        h_BTD = self.norm(x_BTD)
         if targets_BT is None:
-            return logits_BTV
-        return F.cross_entropy(
-            logits_BTV.view(B * T, -1), targets_BT.reshape(B * T), ignore_index=IGNORE_INDEX
-        )
+            # fp32 logits: bf16 log-softmax over a large vocabulary loses visible precision.
+            return self.lm_head(h_BTD).float()
+        return self.linear_ce(h_BTD.reshape(B * T, -1), self.lm_head.weight, targets_BT.reshape(B * T))
 
     @torch.no_grad()
     def generate(

@@ -13,10 +13,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.bitnet import BitLinear
 from model.config import ModelConfig
 from model.decoder import SigmaLM
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
+BITNET_KEY = "eco_train_bitnet_1_58"  # config.json marker of a BitNet 1.58 export
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -61,6 +63,8 @@ def config_to_hf(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32) -> dic
         "sliding_window": None,
         "max_window_layers": cfg.n_layer,
         "dtype": _DTYPE_NAMES[dtype],
+        # Only a BitNet export carries this key: its block weights are ternary-valued already.
+        **({BITNET_KEY: True} if cfg.bitnet else {}),
     }
 
 
@@ -102,6 +106,7 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
         rms_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
         init_std=float(hf_config.get("initializer_range", 0.02)),
+        bitnet=bool(hf_config.get(BITNET_KEY, False)),
     ).validate()
 
 
@@ -146,8 +151,11 @@ def export_hf(
 
     # named_parameters() yields a tied weight once, so no two saved tensors share storage (which
     # save_file refuses); .contiguous() on a fresh CPU copy satisfies its layout requirement.
+    # A BitNet model exports what its forward uses: the ternary-valued block weights.
+    baked = {f"{name}.weight": module.export_weight() for name, module in model.named_modules()
+             if isinstance(module, BitLinear)}
     tensors = {
-        _to_hf_name(name): param.detach().to(device="cpu", dtype=dtype).contiguous()
+        _to_hf_name(name): baked.get(name, param).detach().to(device="cpu", dtype=dtype).contiguous()
         for name, param in model.named_parameters()
     }
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -216,4 +224,7 @@ def load_hf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> SigmaLM:
                 f"expected {tuple(param.shape)}"
             )
         param.copy_(tensor)
+    for module in model.modules():
+        if isinstance(module, BitLinear):
+            module.prequantized = True  # the weights are ternary-valued already (see export_hf)
     return model

@@ -175,10 +175,17 @@ def build_parser() -> _Parser:
                    help="auto: bf16 parameters/state + TF32 + compile on bf16-capable CUDA GPUs, fp32 elsewhere")
     g.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the model (auto: on for CUDA, off for CPU)")
+    g.add_argument("--kernels", choices=("auto", "triton", "torch"), default="auto",
+                   help="auto: the Triton kernels that beat compiled PyTorch on the GPU (see PERFORMANCE.md); "
+                        "triton: every Triton kernel; torch: PyTorch references only")
+    g.add_argument("--compile-cache", type=_on_off, default=True, metavar="on|off",
+                   help="keep torch.compile's cache next to the checkpoints so a restart compiles fast")
 
     g = p.add_argument_group("model")
     g.add_argument("--model-preset", choices=MODEL_PRESETS, default="tiny", help="model size preset")
     g.add_argument("--seq-len", type=_int_at_least(8), default=256, help="tokens per training row")
+    g.add_argument("--bitnet-1-58", type=_on_off, default=False, metavar="on|off",
+                   help="BitNet 1.58: block linears train with ternary weights and 8-bit activations")
     g.add_argument("--init-from", default=None, metavar="HF_DIR",
                    help="start from a Hugging Face Qwen3 folder (e.g. one written by --export-hf)")
 
@@ -195,6 +202,8 @@ def build_parser() -> _Parser:
     g.add_argument("--grad-clip", type=_float_in(0.0, 1e6), default=1.0, help="clip gradient norm (0 = off)")
     g.add_argument("--batch-size", type=pos_int, default=8, help="rows per micro-batch")
     g.add_argument("--grad-accum", type=pos_int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--ns-coefficients", choices=("muon", "polar_express"), default="muon",
+                   help="Newton-Schulz coefficients: muon (3.4445, -4.775, 2.0315) or Polar Express")
     g.add_argument("--c3o-state-dtype", choices=("auto", "fp32", "bf16"), default="auto",
                    help="C3O moment dtype (bf16 uses stochastic rounding); auto follows the hardware profile")
     g.add_argument("--c3o-cautious", type=_on_off, default=True, metavar="on|off",

@@ -23,6 +23,10 @@ class HardwareConfig:
     """auto | bf16 | fp32 (see training.hardware)."""
     compile: str = "auto"
     """auto | on | off: torch.compile of the model."""
+    kernels: str = "auto"
+    """auto | triton | torch: which kernels run (see training.kernels)."""
+    compile_cache: bool = True
+    """persist torch.compile's cache next to the checkpoints."""
 
 
 @dataclass
@@ -33,6 +37,8 @@ class ModelSpec:
     seq_len: int = 256
     init_from: str | None = None
     """Hugging Face folder to start from instead of random weights."""
+    bitnet: bool = False
+    """BitNet 1.58 quantisation-aware training of the block linears."""
 
 
 @dataclass
@@ -62,6 +68,8 @@ class OptimConfig:
     c3o_state_dtype: str = "auto"
     """auto | fp32 | bf16; auto follows the hardware profile."""
     c3o_cautious: bool = True
+    ns_coefficients: str = "muon"
+    """muon | polar_express: the Newton-Schulz coefficient schedule."""
 
 
 @dataclass
@@ -115,8 +123,10 @@ class RunConfig:
     def from_args(cls, ns: argparse.Namespace) -> RunConfig:
         """Build from flags already validated by training.cli."""
         return cls(
-            hardware=HardwareConfig(device=ns.device, profile=ns.hardware_profile, compile=ns.compile),
-            model=ModelSpec(preset=ns.model_preset, seq_len=ns.seq_len, init_from=ns.init_from),
+            hardware=HardwareConfig(device=ns.device, profile=ns.hardware_profile, compile=ns.compile,
+                                    kernels=ns.kernels, compile_cache=ns.compile_cache),
+            model=ModelSpec(preset=ns.model_preset, seq_len=ns.seq_len, init_from=ns.init_from,
+                            bitnet=ns.bitnet_1_58),
             tokenizer=TokenizerConfig(path=ns.tokenizer, vocab_size=ns.vocab_size,
                                       train_chars=ns.tokenizer_train_chars),
             data=DataConfig(
@@ -141,6 +151,7 @@ class RunConfig:
                 name=ns.optimizer, lr=ns.lr, muon_lr=ns.muon_lr, weight_decay=ns.weight_decay,
                 schedule=ns.lr_schedule, warmup_steps=ns.warmup_steps, grad_clip=ns.grad_clip,
                 c3o_state_dtype=ns.c3o_state_dtype, c3o_cautious=ns.c3o_cautious,
+                ns_coefficients=ns.ns_coefficients,
             ),
             loop=LoopConfig(
                 steps=ns.steps, seed=ns.seed, batch_size=ns.batch_size, grad_accum=ns.grad_accum,

@@ -1,0 +1,80 @@
+"""Kernel selection: the one place that decides, per op, Triton kernel or PyTorch reference.
+
+Every kernel lives in its own module here and exposes two callables with the same signature:
+``reference`` (plain PyTorch, the ground truth, also what ``torch.compile`` fuses) and
+``triton_impl`` (the Triton kernel). ``--kernels`` picks among them:
+
+* ``torch``  — references only.
+* ``triton`` — every Triton kernel; an error at start-up if Triton cannot run here.
+* ``auto``   — on CUDA, the Triton kernels whose ``AUTO`` flag below is on, i.e. those that beat the
+  compiled reference at the 124M and 350M shapes on the H100 (``scripts/bench_kernels.py``,
+  PERFORMANCE.md); references everywhere else, and always on the CPU.
+
+Triton runs on the CPU only under ``TRITON_INTERPRET=1`` (the CPU tests use that).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+
+import torch
+
+# op name -> (module under training.kernels, on by default under --kernels auto on CUDA).
+# Flip an AUTO flag only with a benchmark table in PERFORMANCE.md that shows the kernel winning.
+KERNELS: dict[str, tuple[str, bool]] = {
+    "newton_schulz": ("newton_schulz", False),
+    "rms_norm": ("rmsnorm", False),
+    "linear_ce": ("linear_ce", False),
+    "bitnet_quant": ("bitnet", False),
+}
+KERNEL_MODES = ("auto", "triton", "torch")
+
+
+def triton_status(device: torch.device) -> tuple[bool, str]:
+    """``(usable, reason)``: whether Triton kernels can run on ``device`` in this process."""
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install raising something else
+        return False, f"triton is not importable ({e!r})"
+    if device.type == "cuda":
+        return True, "cuda"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, "TRITON_INTERPRET=1"
+    return False, f"Triton kernels need a CUDA device (or TRITON_INTERPRET=1); this run is on {device.type}"
+
+
+def resolve(mode: str, device: torch.device) -> dict[str, str]:
+    """Map every op in :data:`KERNELS` to ``"triton"`` or ``"torch"`` for ``--kernels mode``.
+
+    Raises ``ValueError`` for an unknown mode and ``RuntimeError`` for ``triton`` where Triton
+    cannot run, naming the reason and the fix.
+    """
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"--kernels must be one of {KERNEL_MODES}; got {mode!r}")
+    if mode == "torch":
+        return dict.fromkeys(KERNELS, "torch")
+    usable, reason = triton_status(device)
+    if mode == "triton":
+        if not usable:
+            raise RuntimeError(f"--kernels triton: {reason}. Use --kernels auto or --kernels torch.")
+        return dict.fromkeys(KERNELS, "triton")
+    on_gpu = usable and device.type == "cuda"
+    return {op: "triton" if on_gpu and auto else "torch" for op, (_, auto) in KERNELS.items()}
+
+
+def kernel(op: str, choice: str) -> Callable:
+    """The callable for ``op`` (a key of :data:`KERNELS`) under ``choice`` (``"triton"``/``"torch"``)."""
+    module_name, _ = KERNELS[op]
+    module = importlib.import_module(f"training.kernels.{module_name}")
+    return module.triton_impl if choice == "triton" else module.reference
+
+
+def apply_to_model(model: torch.nn.Module, choices: dict[str, str]) -> None:
+    """Install the chosen model kernels (RMSNorm, linear + cross-entropy, BitNet quantiser)."""
+    model.use_kernels(
+        rms_norm=kernel("rms_norm", choices["rms_norm"]),
+        linear_ce=kernel("linear_ce", choices["linear_ce"]),
+        bitnet_quant=kernel("bitnet_quant", choices["bitnet_quant"]),
+    )

@@ -1,7 +1,10 @@
-"""Hugging Face compatibility: export SigmaLM as a stock ``Qwen3ForCausalLM`` folder and load one back.
+"""Hugging Face compatibility: export SigmaLM as a stock transformers folder and load one back.
 
-SigmaLM's module names are Hugging Face's minus the ``model.`` prefix (see ``model/decoder.py``), so
-the weight mapping is a prefix rename. The exported folder loads with
+Two layouts: with ``qk_norm`` (SigmaLM's own) the folder is a ``Qwen3ForCausalLM``; without it the
+decoder is exactly a ``LlamaForCausalLM`` (no biases, SiLU MLP, default RoPE), which is how
+pretrained Llama-family models such as SmolLM2 come in through ``--init-from``. SigmaLM's module
+names are Hugging Face's minus the ``model.`` prefix (see ``model/decoder.py``), so the weight
+mapping is a prefix rename. The exported folder loads with
 ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)``: no remote code, no custom classes.
 """
 
@@ -17,7 +20,7 @@ from model.bitnet import BitLinear
 from model.config import ModelConfig
 from model.decoder import SigmaLM
 
-SUPPORTED_MODEL_TYPES = ("qwen3",)
+SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
 BITNET_KEY = "eco_train_bitnet_1_58"  # config.json marker of a BitNet 1.58 export
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -34,12 +37,13 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 
 
 def config_to_hf(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """The ``config.json`` dict of a Qwen3ForCausalLM with the same shape and numerics as ``cfg``."""
+    """The ``config.json`` dict of the stock model with the same shape and numerics as ``cfg``.
+
+    ``cfg.qk_norm`` -> ``Qwen3ForCausalLM``; no QK norm -> ``LlamaForCausalLM`` (Qwen3 always has one).
+    """
     if dtype not in _DTYPE_NAMES:
         raise ValueError(f"unsupported export dtype {dtype}; use one of {list(_DTYPE_NAMES)}")
-    return {
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_type": "qwen3",
+    common = {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "intermediate_size": cfg.d_ff,
@@ -59,30 +63,40 @@ def config_to_hf(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32) -> dic
         "attention_bias": False,
         "attention_dropout": 0.0,
         "use_cache": True,
-        "use_sliding_window": False,
-        "sliding_window": None,
-        "max_window_layers": cfg.n_layer,
         "dtype": _DTYPE_NAMES[dtype],
         # Only a BitNet export carries this key: its block weights are ternary-valued already.
         **({BITNET_KEY: True} if cfg.bitnet else {}),
     }
+    if not cfg.qk_norm:
+        # LlamaConfig defaults bos/eos to 1/2; null them so only the run's tokenizer decides (export_hf
+        # fills them in when it knows them).
+        return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common, "mlp_bias": False,
+                "pretraining_tp": 1, "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **common, "use_sliding_window": False,
+            "sliding_window": None, "max_window_layers": cfg.n_layer}
 
 
 def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
-    """Translate a Qwen3 ``config.json`` dict into a validated :class:`ModelConfig`.
+    """Translate a Qwen3 or Llama ``config.json`` dict into a validated :class:`ModelConfig`.
 
-    Raises ``ValueError`` for model types or features SigmaLM does not implement (biases, sliding
-    window, RoPE scaling, activations other than SiLU), rather than silently computing something else.
+    Llama has no QK norm (``qk_norm=False``). Raises ``ValueError`` for model types or features
+    SigmaLM does not implement (biases, sliding window, RoPE scaling, activations other than SiLU,
+    Llama's tensor-parallel ``pretraining_tp`` split), rather than silently computing something else.
     """
     model_type = hf_config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"unsupported model_type {model_type!r}: load_hf reads {list(SUPPORTED_MODEL_TYPES)} folders only"
         )
-    if hf_config.get("attention_bias", False):
-        raise ValueError("unsupported Qwen3 config: attention_bias=true (SigmaLM has no biases)")
+    name = {"qwen3": "Qwen3", "llama": "Llama"}[model_type]
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf_config.get(flag, False):
+            raise ValueError(f"unsupported {name} config: {flag}=true (SigmaLM has no biases)")
     if hf_config.get("use_sliding_window", False):
-        raise ValueError("unsupported Qwen3 config: use_sliding_window=true (SigmaLM uses full attention)")
+        raise ValueError(f"unsupported {name} config: use_sliding_window=true (SigmaLM uses full attention)")
+    if hf_config.get("pretraining_tp", 1) != 1:
+        raise ValueError(f"unsupported {name} config: pretraining_tp={hf_config['pretraining_tp']} (SigmaLM "
+                         "computes each projection as one matmul); fix: set it to 1, the maths is the same")
     if hf_config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"unsupported hidden_act {hf_config['hidden_act']!r}; SigmaLM uses silu")
     rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
@@ -106,6 +120,7 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
         rms_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
         init_std=float(hf_config.get("initializer_range", 0.02)),
+        qk_norm=model_type == "qwen3",
         bitnet=bool(hf_config.get(BITNET_KEY, False)),
     ).validate()
 
@@ -134,7 +149,7 @@ def export_hf(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
 ) -> Path:
-    """Write ``model`` as a Hugging Face Qwen3ForCausalLM folder and return its path.
+    """Write ``model`` as a Hugging Face Qwen3ForCausalLM (Llama without QK norm) folder; return its path.
 
     Files: ``config.json``, ``model.safetensors`` (tensors cast to ``dtype``; a tied head is stored
     once, as the embedding, which transformers re-ties from ``tie_word_embeddings``),
@@ -192,7 +207,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def load_hf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> SigmaLM:
-    """Load a Hugging Face Qwen3 folder (config.json + safetensors, sharded or not) into a SigmaLM.
+    """Load a Hugging Face Qwen3 or Llama folder (config.json + safetensors, sharded or not) into a SigmaLM.
 
     The model is built on the CPU in ``dtype``. Raises ``ValueError`` for an unsupported config, a
     missing, unexpected or wrongly shaped tensor.
@@ -201,7 +216,8 @@ def load_hf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> SigmaLM:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ValueError(f"{folder} has no config.json; expected a Hugging Face model folder")
-    cfg = config_from_hf(json.loads(config_file.read_text()))
+    hf_config = json.loads(config_file.read_text())
+    cfg = config_from_hf(hf_config)
     tensors = {_from_hf_name(name): t for name, t in _read_safetensors(folder).items()}
     if cfg.tie_embeddings:
         # Some writers store the tied head as well; it is the same matrix as the embedding.
@@ -213,7 +229,7 @@ def load_hf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> SigmaLM:
     unexpected = sorted(set(tensors) - set(params))
     if missing or unexpected:
         raise ValueError(
-            f"{folder}: tensors do not match a Qwen3 model of this config; "
+            f"{folder}: tensors do not match a {hf_config['model_type']} model of this config; "
             f"missing {[_to_hf_name(n) for n in missing]}, unexpected {[_to_hf_name(n) for n in unexpected]}"
         )
     for name, param in params.items():

@@ -129,3 +129,75 @@ def test_config_translation_round_trip() -> None:
     assert config_from_hf(legacy).rope_theta == 1e6
     with pytest.raises(ValueError, match="rope_type"):
         config_from_hf({**config_to_hf(cfg), "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6}})
+
+
+# ---------------------------------------------------------------------- the Llama layout (no QK norm)
+
+
+def tiny_llama(tmp_path: Path, tied: bool) -> Path:
+    """A random stock LlamaForCausalLM saved as a folder (with non-trivial norm weights)."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=101, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rope_theta=5e4, rms_norm_eps=1e-5,
+        tie_word_embeddings=tied,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    model.save_pretrained(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_load_hf_reads_llama_with_matching_logits(tmp_path: Path, tied: bool) -> None:
+    folder = tiny_llama(tmp_path / "llama", tied)
+    ours = load_hf(folder)
+    assert ours.cfg.qk_norm is False and ours.cfg.tie_embeddings is tied and ours.cfg.rope_theta == 5e4
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    idx = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf_model(input_ids=idx).logits, atol=1e-5, rtol=1e-5)
+
+    # ... and back out: a Llama folder again, which stock transformers reads to the same logits.
+    export_hf(ours, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert type(again).__name__ == "LlamaForCausalLM"
+    assert not any("q_norm" in name for name in load_file(str(tmp_path / "out" / "model.safetensors")))
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=idx).logits, ours(idx), atol=1e-5, rtol=1e-5)
+
+
+def test_smollm2_config_translates() -> None:
+    """SmolLM2-135M's config.json (as the GGUF import writes it) maps onto the Llama layout."""
+    smollm2 = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+        "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "head_dim": 64, "hidden_act": "silu", "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+        "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}, "tie_word_embeddings": True,
+        "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "bos_token_id": 1, "eos_token_id": 2,
+    }  # fmt: skip
+    cfg = config_from_hf(smollm2)
+    assert (cfg.vocab_size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff) == (
+        49152, 576, 30, 9, 3, 64, 1536)
+    assert cfg.rope_theta == 1e5 and cfg.rms_eps == 1e-5 and cfg.tie_embeddings and not cfg.qk_norm
+    assert 134e6 < cfg.num_params() < 135e6  # SmolLM2-135M: 134,515,008 parameters
+    assert config_from_hf(config_to_hf(cfg)) == cfg
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"attention_bias": True}, "attention_bias=true"),
+    ({"mlp_bias": True}, "mlp_bias=true"),
+    ({"hidden_act": "gelu"}, "unsupported hidden_act 'gelu'"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}, "rope_type 'llama3'"),
+    ({"pretraining_tp": 2}, "pretraining_tp=2"),
+])  # fmt: skip
+def test_llama_features_sigmalm_lacks_are_rejected(change: dict, message: str) -> None:
+    cfg = config_to_hf(ModelConfig(vocab_size=101, n_layer=1, n_head=2, n_kv_head=1, d_model=32, d_ff=64,
+                                   head_dim=16, max_seq_len=16, qk_norm=False))
+    with pytest.raises(ValueError, match=message):
+        config_from_hf({**cfg, **change})

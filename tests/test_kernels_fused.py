@@ -1,0 +1,235 @@
+"""CPU tests of the fused RMSNorm and linear + cross-entropy Triton kernels (``TRITON_INTERPRET=1``).
+
+Tiny shapes: the interpreter runs every program in numpy. Its fp32 -> bf16 casts truncate instead of
+rounding to nearest, so bf16 results here are only checked loosely; tests/test_gpu_kernels_fused.py
+holds the tight bf16 bounds on CUDA.
+"""
+
+import copy
+import os
+
+import pytest
+import torch
+
+if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("interpreter tests: on a CUDA machine tests/test_gpu_kernels_fused.py runs the kernels "
+                "(set TRITON_INTERPRET=1 to run these anyway)", allow_module_level=True)
+# triton.jit picks interpreter or compiler when the kernel module is imported, so this comes first.
+os.environ["TRITON_INTERPRET"] = "1"
+
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+from model.config import ModelConfig  # noqa: E402
+from model.decoder import IGNORE_INDEX, SigmaLM  # noqa: E402
+from training.kernels import linear_ce, rmsnorm  # noqa: E402
+
+if not isinstance(rmsnorm._rms_norm_fwd_kernel, InterpretedFunction):
+    raise RuntimeError("training.kernels.rmsnorm was imported before TRITON_INTERPRET=1 was set; "
+                       "run pytest with TRITON_INTERPRET=1 in the environment")
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in fp64 (NaN if either holds a NaN)."""
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+# ---------------------------------------------------------------------- RMSNorm
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 5, 48), (2, 3, 4, 16), (3, 100, 16), (7, 130)],
+    ids=["block_BTD", "heads_BTHHd", "several_backward_programs", "width_not_power_of_2"],
+)
+def test_rms_norm_fp32_matches_reference(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    weight = (1.0 + 0.1 * torch.randn(shape[-1])).requires_grad_()
+    y = rmsnorm.triton_impl(x, weight, 1e-6)
+    y_ref = rmsnorm.reference(x, weight, 1e-6)
+    dy = torch.randn_like(y)
+    dx, dw = torch.autograd.grad(y, (x, weight), dy)
+    dx_ref, dw_ref = torch.autograd.grad(y_ref, (x, weight), dy)
+    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
+    assert rel_err(y, y_ref) < 1e-6
+    assert rel_err(dx, dx_ref) < 1e-6
+    assert rel_err(dw, dw_ref) < 1e-6
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
+def test_rms_norm_bf16_input_close_to_reference(weight_dtype: torch.dtype) -> None:
+    """bf16 activations with a bf16 weight (the GPU profile) or an fp32 one (output promoted to fp32)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 64, dtype=torch.bfloat16, requires_grad=True)
+    weight = (1.0 + 0.1 * torch.randn(64)).to(weight_dtype).requires_grad_()
+    y = rmsnorm.triton_impl(x, weight, 1e-6)
+    y_ref = rmsnorm.reference(x, weight, 1e-6)
+    dy = torch.randn_like(y)
+    dx, dw = torch.autograd.grad(y, (x, weight), dy)
+    dx_ref, dw_ref = torch.autograd.grad(y_ref, (x, weight), dy)
+    assert (y.dtype, dx.dtype, dw.dtype) == (y_ref.dtype, torch.bfloat16, weight_dtype)
+    # Interpreter truncation costs up to one bf16 ulp (2**-8 relative) per rounding.
+    assert rel_err(y, y_ref) < 2e-2
+    assert rel_err(dx, dx_ref) < 2e-2
+    assert rel_err(dw, dw_ref) < 2e-2
+
+
+def test_rms_norm_nan_row_stays_nan() -> None:
+    x = torch.randn(4, 32)
+    x[1, 3] = float("nan")
+    y = rmsnorm.triton_impl(x, torch.ones(32), 1e-6)
+    assert torch.isnan(y[1]).all()
+    assert torch.isfinite(y[[0, 2, 3]]).all()
+
+
+def test_rms_norm_rejects_mismatched_weight() -> None:
+    with pytest.raises(ValueError, match="does not match rows of width 32"):
+        rmsnorm.triton_impl(torch.randn(2, 32), torch.ones(16), 1e-6)
+
+
+# ---------------------------------------------------------------------- linear + cross-entropy
+
+
+def ce_inputs(N: int, D: int, V: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple:
+    generator = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, D, generator=generator).to(dtype).requires_grad_()
+    weight = (0.3 * torch.randn(V, D, generator=generator)).to(dtype).requires_grad_()
+    targets = torch.randint(0, V, (N,), generator=generator)
+    return h, weight, targets
+
+
+def loss_and_grads(fn, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, **kwargs) -> tuple:
+    loss = fn(h, weight, targets, **kwargs)
+    grad_h, grad_w = torch.autograd.grad(loss, (h, weight))
+    return loss, grad_h, grad_w
+
+
+@pytest.mark.parametrize("block_v", [64, linear_ce._BLOCK_V], ids=["5_vocab_blocks", "one_vocab_block"])
+@pytest.mark.parametrize("chunk_rows", [7, 12, 64], ids=["ragged_last_chunk", "chunks", "one_chunk"])
+def test_linear_ce_fp32_matches_reference(chunk_rows: int, block_v: int, monkeypatch) -> None:
+    """Ignored targets everywhere, including a chunk (rows 12..23 with chunk_rows=12) with none valid."""
+    monkeypatch.setattr(linear_ce, "_BLOCK_V", block_v)
+    h, weight, targets = ce_inputs(N=40, D=24, V=300)
+    targets[12:24] = IGNORE_INDEX
+    targets[[0, 31]] = IGNORE_INDEX
+    loss, grad_h, grad_w = loss_and_grads(linear_ce.triton_impl, h, weight, targets, chunk_rows=chunk_rows)
+    loss_ref, grad_h_ref, grad_w_ref = loss_and_grads(linear_ce.reference, h, weight, targets)
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    assert rel_err(loss, loss_ref) < 1e-6
+    assert rel_err(grad_h, grad_h_ref) < 1e-5
+    assert rel_err(grad_w, grad_w_ref) < 1e-5
+    assert (grad_h[12:24] == 0).all()
+
+
+def test_linear_ce_bf16_close_to_reference() -> None:
+    h, weight, targets = ce_inputs(N=32, D=32, V=200, dtype=torch.bfloat16)
+    targets[:5] = IGNORE_INDEX
+    loss, grad_h, grad_w = loss_and_grads(linear_ce.triton_impl, h, weight, targets, chunk_rows=10)
+    loss_ref, grad_h_ref, grad_w_ref = loss_and_grads(linear_ce.reference, h, weight, targets)
+    assert (grad_h.dtype, grad_w.dtype) == (torch.bfloat16, torch.bfloat16)
+    assert rel_err(loss, loss_ref) < 1e-3
+    assert rel_err(grad_h, grad_h_ref) < 2e-2
+    assert rel_err(grad_w, grad_w_ref) < 2e-2
+
+
+def test_linear_ce_upstream_gradient_scales_saved_grads() -> None:
+    h, weight, targets = ce_inputs(N=16, D=8, V=50)
+    grads = torch.autograd.grad(3.0 * linear_ce.triton_impl(h, weight, targets, chunk_rows=5), (h, weight))
+    grads_ref = torch.autograd.grad(3.0 * linear_ce.reference(h, weight, targets), (h, weight))
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        assert rel_err(grad, grad_ref) < 1e-5
+
+
+def test_linear_ce_all_ignored_is_nan_like_reference() -> None:
+    h, weight, targets = ce_inputs(N=8, D=8, V=50)
+    targets[:] = IGNORE_INDEX
+    loss, grad_h, grad_w = loss_and_grads(linear_ce.triton_impl, h, weight, targets, chunk_rows=3)
+    loss_ref, grad_h_ref, grad_w_ref = loss_and_grads(linear_ce.reference, h, weight, targets)
+    assert torch.isnan(loss) and torch.isnan(loss_ref)
+    torch.testing.assert_close(grad_h, grad_h_ref)
+    torch.testing.assert_close(grad_w, grad_w_ref)
+
+
+def test_linear_ce_nan_in_h_gives_nan_loss() -> None:
+    h, weight, targets = ce_inputs(N=12, D=8, V=50)
+    with torch.no_grad():
+        h[5, 2] = float("nan")
+    loss, grad_h, _ = loss_and_grads(linear_ce.triton_impl, h, weight, targets, chunk_rows=4)
+    assert torch.isnan(loss)
+    assert torch.isnan(grad_h[5]).all()
+
+
+def test_linear_ce_target_out_of_range_gives_nan_loss() -> None:
+    """The reference raises; the kernel cannot without a host sync, so the loss turns NaN instead."""
+    h, weight, targets = ce_inputs(N=6, D=8, V=50)
+    targets[2] = 50
+    assert torch.isnan(linear_ce.triton_impl(h, weight, targets))
+
+
+def test_linear_ce_without_grad_gives_the_same_loss() -> None:
+    h, weight, targets = ce_inputs(N=10, D=8, V=50)
+    with torch.no_grad():
+        loss = linear_ce.triton_impl(h, weight, targets, chunk_rows=4)
+    assert not loss.requires_grad
+    assert rel_err(loss, linear_ce.reference(h, weight, targets)) < 1e-6
+
+
+def test_linear_ce_compiles_without_graph_breaks() -> None:
+    """fullgraph compile (aot_eager on the CPU) traces the op through its fake and autograd rules."""
+    h, weight, targets = ce_inputs(N=20, D=8, V=50)
+    compiled = torch.compile(lambda *a: 2.0 * linear_ce.triton_impl(*a, chunk_rows=6), fullgraph=True,
+                             backend="aot_eager")
+    loss, grad_h, grad_w = loss_and_grads(compiled, h, weight, targets)
+    loss_ref, grad_h_ref, grad_w_ref = loss_and_grads(lambda *a: 2.0 * linear_ce.reference(*a), h, weight, targets)
+    assert rel_err(loss, loss_ref) < 1e-6
+    assert rel_err(grad_h, grad_h_ref) < 1e-5
+    assert rel_err(grad_w, grad_w_ref) < 1e-5
+
+
+def test_linear_ce_rejects_bad_shapes_and_mixed_dtypes() -> None:
+    h, weight, targets = ce_inputs(N=4, D=8, V=50)
+    with pytest.raises(ValueError, match="h \\(N, D\\) and weight \\(V, D\\)"):
+        linear_ce.triton_impl(h, weight[:, :4], targets)
+    with pytest.raises(ValueError, match="one target per row"):
+        linear_ce.triton_impl(h, weight, targets[:3])
+    with pytest.raises(ValueError, match="one dtype"):
+        linear_ce.triton_impl(h, weight.to(torch.bfloat16), targets)
+
+
+# ---------------------------------------------------------------------- model tie-in and benchmarks
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_model_with_kernels_matches_reference_model(qk_norm: bool) -> None:
+    """SigmaLM with both kernels installed: same loss and gradients (tied head included) as the reference."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=64, head_dim=8,
+                      max_seq_len=16, qk_norm=qk_norm)
+    ref_model = SigmaLM(cfg)
+    model = copy.deepcopy(ref_model).use_kernels(rms_norm=rmsnorm.triton_impl, linear_ce=linear_ce.triton_impl)
+    idx = torch.randint(0, 97, (2, 12))
+    targets = torch.randint(0, 97, (2, 12))
+    targets[0, :4] = IGNORE_INDEX
+    loss, loss_ref = model(idx, targets), ref_model(idx, targets)
+    loss.backward()
+    loss_ref.backward()
+    assert rel_err(loss, loss_ref) < 1e-6
+    for (name, param), param_ref in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        assert rel_err(param.grad, param_ref.grad) < 1e-5, name
+
+
+@pytest.mark.parametrize("preset", ["124m", "350m"])
+def test_bench_cases_shapes(preset: str) -> None:
+    """Every case builds its inputs (on the meta device: no memory) at the benchmark shapes."""
+    d_model = {"124m": 768, "350m": 1024}[preset]
+    cases = rmsnorm.bench_cases(preset) + linear_ce.bench_cases(preset)
+    assert len({case["name"] for case in cases}) == len(cases)
+    for case in cases:
+        assert set(case) == {"name", "make_inputs", "triton", "reference", "backward"}
+        inputs = case["make_inputs"](torch.device("meta"))
+        assert inputs[0].dtype == torch.bfloat16 and inputs[0].requires_grad
+        if case["name"].startswith("linear_ce"):
+            assert inputs[0].shape == (32 * 2048, d_model) and inputs[1].shape == (32768, d_model)
+            assert case["backward"]
+        else:
+            assert inputs[0].shape[:2] == (32, 2048) and inputs[0].shape[-1] in (d_model, 64)

@@ -1,0 +1,207 @@
+"""CUDA checks of the fused RMSNorm and linear + cross-entropy kernels (skipped without a GPU).
+
+Run on the GPU machine with ``pytest -q tests/test_gpu_kernels_fused.py``. Forward and backward
+against the references at realistic widths, bf16 bounds measured against an fp64 ground truth, NaN
+propagation, no host sync, the memory the fused loss saves, and the model under
+``torch.compile(fullgraph=True)`` with both kernels installed.
+"""
+
+import copy
+import os
+
+import pytest
+import torch
+
+from model.config import ModelConfig
+from model.decoder import IGNORE_INDEX, SigmaLM
+from training.kernels import linear_ce, rmsnorm
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
+                       reason="TRITON_INTERPRET=1 would interpret the kernels instead of compiling them"),
+]
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """fp32 comparisons need true fp32 matmuls; another test may have switched TF32 on."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in fp64 (NaN if either holds a NaN)."""
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+# ---------------------------------------------------------------------- RMSNorm
+
+RMS_SHAPES = [(4, 512, 768), (4, 512, 12, 64), (3, 100, 1000)]
+RMS_IDS = ["block_124m", "heads_Hd64", "width_not_power_of_2"]
+
+
+def rms_inputs(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x = (3.0 * torch.randn(shape, device=CUDA)).to(dtype).requires_grad_()
+    weight = (1.0 + 0.1 * torch.randn(shape[-1], device=CUDA)).to(dtype).requires_grad_()
+    return x, weight
+
+
+@pytest.mark.parametrize("shape", RMS_SHAPES, ids=RMS_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rms_norm_matches_reference(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    x, weight = rms_inputs(shape, dtype)
+    y = rmsnorm.triton_impl(x, weight, 1e-6)
+    y_ref = rmsnorm.reference(x, weight, 1e-6)
+    dy = torch.randn_like(y)
+    dx, dw = torch.autograd.grad(y, (x, weight), dy)
+    dx_ref, dw_ref = torch.autograd.grad(y_ref, (x, weight), dy)
+    assert (y.dtype, dx.dtype, dw.dtype) == (dtype, dtype, dtype)
+    if dtype == torch.float32:
+        assert rel_err(y, y_ref) < 1e-6
+        assert rel_err(dx, dx_ref) < 1e-5
+        assert rel_err(dw, dw_ref) < 1e-5
+    else:
+        # Same rounding points as the reference: outputs differ only where rsqrt's last fp32 bit
+        # flips a bf16 rounding. The backward keeps fp32 where the reference rounds to bf16.
+        assert (y != y_ref).float().mean().item() < 1e-2
+        assert rel_err(y, y_ref) < 4e-3
+        assert rel_err(dx, dx_ref) < 1e-2
+        assert rel_err(dw, dw_ref) < 1e-2
+
+
+def test_rms_norm_under_compile_fullgraph() -> None:
+    x, weight = rms_inputs((4, 256, 12, 64), torch.bfloat16)
+
+    def f(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return (rmsnorm.triton_impl(x * 2.0, weight, 1e-6).float() ** 2).sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    out, out_eager = compiled(x, weight), f(x, weight)
+    grads = torch.autograd.grad(out, (x, weight))
+    grads_eager = torch.autograd.grad(out_eager, (x, weight))
+    assert rel_err(out, out_eager) < 1e-3
+    for grad, grad_eager in zip(grads, grads_eager, strict=True):
+        assert rel_err(grad, grad_eager) < 1e-2
+
+
+def test_rms_norm_nan_row_stays_nan() -> None:
+    x, weight = rms_inputs((8, 768), torch.bfloat16)
+    with torch.no_grad():
+        x[3, 100] = float("nan")
+    y = rmsnorm.triton_impl(x, weight, 1e-6)
+    assert torch.isnan(y[3]).all()
+    assert torch.isfinite(y[torch.arange(8, device=CUDA) != 3]).all()
+
+
+# ---------------------------------------------------------------------- linear + cross-entropy
+
+
+def ce_inputs(N: int, D: int, V: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    h = torch.randn(N, D, device=CUDA).to(dtype).requires_grad_()
+    weight = (0.05 * torch.randn(V, D, device=CUDA)).to(dtype).requires_grad_()
+    targets = torch.randint(0, V, (N,), device=CUDA)
+    targets[::16] = IGNORE_INDEX
+    targets[1000:1100] = IGNORE_INDEX
+    return h, weight, targets
+
+
+def loss_and_grads(fn, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, **kwargs) -> list:
+    loss = fn(h, weight, targets, **kwargs)
+    return [loss, *torch.autograd.grad(loss, (h, weight))]
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1000], ids=["default_chunks", "ragged_chunks"])
+def test_linear_ce_fp32_matches_reference(chunk_rows: int | None) -> None:
+    h, weight, targets = ce_inputs(8192, 768, 32768, torch.float32)
+    ours = loss_and_grads(linear_ce.triton_impl, h, weight, targets, chunk_rows=chunk_rows)
+    ref = loss_and_grads(linear_ce.reference, h, weight, targets)
+    for name, a, b in zip(("loss", "grad_h", "grad_w"), ours, ref, strict=True):
+        assert rel_err(a, b) < 1e-5, name
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1000], ids=["default_chunks", "ragged_chunks"])
+def test_linear_ce_bf16_as_accurate_as_reference(chunk_rows: int | None) -> None:
+    """Both bf16 paths against fp64 maths on the same bf16 inputs: ours may not be the less accurate."""
+    h, weight, targets = ce_inputs(8192, 768, 32768, torch.bfloat16)
+    ours = loss_and_grads(linear_ce.triton_impl, h, weight, targets, chunk_rows=chunk_rows)
+    ref = loss_and_grads(linear_ce.reference, h, weight, targets)
+    h64 = h.detach().double().requires_grad_()
+    w64 = weight.detach().double().requires_grad_()
+    truth = loss_and_grads(linear_ce.reference, h64, w64, targets)
+    assert (ours[1].dtype, ours[2].dtype) == (torch.bfloat16, torch.bfloat16)
+    assert rel_err(ours[0], ref[0]) < 1e-3
+    for name, a, b, t in zip(("grad_h", "grad_w"), ours[1:], ref[1:], truth[1:], strict=True):
+        assert rel_err(a, t) < 1e-2, name
+        assert rel_err(a, t) <= 1.5 * rel_err(b, t), name
+
+
+def test_linear_ce_nan_in_h_gives_nan_loss() -> None:
+    h, weight, targets = ce_inputs(4096, 256, 32768, torch.bfloat16)
+    with torch.no_grad():
+        h[2050, 7] = float("nan")
+    targets[2050] = 3
+    assert torch.isnan(linear_ce.triton_impl(h, weight, targets, chunk_rows=1024))
+
+
+def test_linear_ce_never_materialises_the_logits() -> None:
+    """Forward + backward at N = 16384, V = 32768 stays far below the 2 GiB of fp32 logits."""
+    N, V = 16384, 32768
+    h, weight, targets = ce_inputs(N, 768, V, torch.bfloat16)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    loss_and_grads(linear_ce.triton_impl, h, weight, targets)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    assert extra < N * V * 4 // 2, f"{extra / 2**20:.0f} MiB above the inputs"
+
+
+def test_kernels_do_not_sync_with_the_host() -> None:
+    h, weight, targets = ce_inputs(4096, 256, 32768, torch.bfloat16)
+    x, norm_weight = rms_inputs((4, 256, 768), torch.bfloat16)
+
+    def step() -> None:
+        loss_and_grads(linear_ce.triton_impl, h, weight, targets, chunk_rows=1024)
+        y = rmsnorm.triton_impl(x, norm_weight, 1e-6)
+        torch.autograd.grad(y, (x, norm_weight), torch.ones_like(y))
+
+    step()  # compiles the kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# ---------------------------------------------------------------------- the model under torch.compile
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_compiled_model_with_kernels_matches_reference_model(dtype: torch.dtype) -> None:
+    """SigmaLM + both kernels under compile(fullgraph=True): loss and every gradient as the compiled reference."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=1024, n_layer=2, n_head=4, n_kv_head=2, d_model=256, d_ff=512, head_dim=64,
+                      max_seq_len=256)
+    ref_model = SigmaLM(cfg).to(CUDA, dtype)
+    model = copy.deepcopy(ref_model).use_kernels(rms_norm=rmsnorm.triton_impl, linear_ce=linear_ce.triton_impl)
+    compiled, compiled_ref = torch.compile(model, fullgraph=True), torch.compile(ref_model, fullgraph=True)
+    idx = torch.randint(0, 1024, (4, 256), device=CUDA)
+    targets = torch.randint(0, 1024, (4, 256), device=CUDA)
+    targets[:, :32] = IGNORE_INDEX
+    loss, loss_ref = compiled(idx, targets), compiled_ref(idx, targets)
+    loss.backward()
+    loss_ref.backward()
+    tol = {torch.float32: 1e-4, torch.bfloat16: 5e-2}[dtype]
+    assert abs(loss.item() - loss_ref.item()) < tol * loss_ref.item()
+    for (name, param), param_ref in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        assert rel_err(param.grad, param_ref.grad) < tol, name
+    with torch.no_grad():  # evaluation: the fused loss skips its gradient work
+        assert abs(compiled(idx, targets).item() - loss.item()) < tol * loss.item()

@@ -186,12 +186,13 @@ def test_kernels_do_not_sync_with_the_host() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_compiled_model_with_kernels_matches_reference_model(dtype: torch.dtype) -> None:
-    """SigmaLM + both kernels under compile(fullgraph=True): loss and every gradient as the compiled reference."""
+    """SigmaLM + both kernels under compile(fullgraph=True): loss and gradients as the compiled reference."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=1024, n_layer=2, n_head=4, n_kv_head=2, d_model=256, d_ff=512, head_dim=64,
                       max_seq_len=256)
     ref_model = SigmaLM(cfg).to(CUDA, dtype)
-    model = copy.deepcopy(ref_model).use_kernels(rms_norm=rmsnorm.triton_impl, linear_ce=linear_ce.triton_impl)
+    model = copy.deepcopy(ref_model).use_kernels(rms_norm=rmsnorm.triton_impl,
+                                                 linear_ce=linear_ce.triton_impl)
     compiled, compiled_ref = torch.compile(model, fullgraph=True), torch.compile(ref_model, fullgraph=True)
     idx = torch.randint(0, 1024, (4, 256), device=CUDA)
     targets = torch.randint(0, 1024, (4, 256), device=CUDA)

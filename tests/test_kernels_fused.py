@@ -180,7 +180,8 @@ def test_linear_ce_compiles_without_graph_breaks() -> None:
     compiled = torch.compile(lambda *a: 2.0 * linear_ce.triton_impl(*a, chunk_rows=6), fullgraph=True,
                              backend="aot_eager")
     loss, grad_h, grad_w = loss_and_grads(compiled, h, weight, targets)
-    loss_ref, grad_h_ref, grad_w_ref = loss_and_grads(lambda *a: 2.0 * linear_ce.reference(*a), h, weight, targets)
+    reference = lambda *a: 2.0 * linear_ce.reference(*a)
+    loss_ref, grad_h_ref, grad_w_ref = loss_and_grads(reference, h, weight, targets)
     assert rel_err(loss, loss_ref) < 1e-6
     assert rel_err(grad_h, grad_h_ref) < 1e-5
     assert rel_err(grad_w, grad_w_ref) < 1e-5
@@ -206,7 +207,8 @@ def test_model_with_kernels_matches_reference_model(qk_norm: bool) -> None:
     cfg = ModelConfig(vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=64, head_dim=8,
                       max_seq_len=16, qk_norm=qk_norm)
     ref_model = SigmaLM(cfg)
-    model = copy.deepcopy(ref_model).use_kernels(rms_norm=rmsnorm.triton_impl, linear_ce=linear_ce.triton_impl)
+    model = copy.deepcopy(ref_model).use_kernels(rms_norm=rmsnorm.triton_impl,
+                                                 linear_ce=linear_ce.triton_impl)
     idx = torch.randint(0, 97, (2, 12))
     targets = torch.randint(0, 97, (2, 12))
     targets[0, :4] = IGNORE_INDEX

@@ -179,7 +179,7 @@ def default_chunk_rows(vocab_size: int) -> int:
 def triton_impl(
     h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor, *, chunk_rows: int | None = None
 ) -> torch.Tensor:
-    """Fused linear + cross-entropy with the signature of :func:`model.decoder.linear_cross_entropy_reference`.
+    """Fused linear + cross-entropy, signature of :func:`model.decoder.linear_cross_entropy_reference`.
 
     ``chunk_rows`` overrides :func:`default_chunk_rows` (tests use small chunks; benchmarks compare).
     Gradients are computed in the forward only when autograd will ask for them.
@@ -191,8 +191,8 @@ def triton_impl(
         raise ValueError(f"linear_ce expects one target per row of h: {tuple(targets_N.shape)} targets "
                          f"for {h_ND.shape[0]} rows")
     if h_ND.dtype != weight_VD.dtype:
-        raise ValueError(f"linear_ce expects h and weight in one dtype, got {h_ND.dtype} and {weight_VD.dtype}; "
-                         "cast h to the weight's dtype (autocast does not reach into this op)")
+        raise ValueError(f"linear_ce expects h and weight in one dtype, got {h_ND.dtype} and "
+                         f"{weight_VD.dtype}; cast h to the weight's dtype (autocast does not reach this op)")
     grad = torch.is_grad_enabled()
     loss, _, _ = _linear_cross_entropy(
         h_ND,

@@ -25,9 +25,11 @@ from training.optim.c3o import C3O, stochastic_round_to_bf16
 from training.optim.muon import Muon
 from training.optim.newton_schulz import (
     INSTANT_INVERSION_MAX_RESIDUAL,
+    POLAR_EXPRESS_COEFFICIENTS,
     NSFn,
     check_instant_inversion,
     instant_inversion_selftest,
+    ns_coefficient_set,
     zeropower_via_newtonschulz,
 )
 from training.optim.split import ParamSplit, split_params
@@ -37,10 +39,12 @@ __all__ = [
     "INSTANT_INVERSION_MAX_RESIDUAL",
     "Muon",
     "OptimizerPair",
+    "POLAR_EXPRESS_COEFFICIENTS",
     "ParamSplit",
     "build_optimizers",
     "check_instant_inversion",
     "instant_inversion_selftest",
+    "ns_coefficient_set",
     "split_params",
     "stochastic_round_to_bf16",
     "zeropower_via_newtonschulz",
@@ -69,9 +73,15 @@ class OptimizerPair:
         for opt in self.optimizers:
             yield from opt.param_groups
 
-    def step(self) -> None:
+    def step(self, ok: torch.Tensor | None = None) -> None:
+        """Step both optimizers; with ``ok`` (0-dim bool on the device) False, change nothing.
+
+        ``ok`` is meant to be ``isfinite(loss) & isfinite(grad_norm)`` computed on the device: the
+        skip needs no host-device sync (gradients may hold NaN/inf then; they never reach the state).
+        ``ok=None`` steps unconditionally.
+        """
         for opt in self.optimizers:
-            opt.step()
+            opt.step(ok=ok)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
@@ -119,18 +129,23 @@ def build_optimizers(
     c3o_cautious: bool,
     muon_momentum: float,
     ns_steps: int,
+    ns_coefficients: str = "muon",
     eps: float = 1e-8,
     adjust_lr_fn: str | None = None,
     ns_fn: NSFn | None = None,
     seed: int = 0,
     use_muon: bool = True,
+    compile: bool = False,
 ) -> OptimizerPair:
     """Split ``model`` by role and build Muon (``muon_lr``) + C3O (``lr``) sharing one schedule.
 
-    ``lr``/``betas``/``eps``/``c3o_*`` configure C3O; ``muon_*``/``ns_steps``/``adjust_lr_fn``/``ns_fn``
-    configure Muon; ``seed`` seeds C3O's stochastic rounding. Weight decay per the module docstring.
-    The split summary is ``pair.split.summary`` (log it at start-up). ``use_muon=False``
-    (``--optimizer c3o``) sends the block matrices to C3O as well, decayed like the head.
+    ``lr``/``betas``/``eps``/``c3o_*`` configure C3O; ``muon_*``/``ns_steps``/``ns_coefficients``
+    (``"muon"`` | ``"polar_express"``, :func:`ns_coefficient_set`)/``adjust_lr_fn``/``ns_fn`` (the
+    orthogonalization kernel, e.g. the Triton one) configure Muon; ``seed`` seeds C3O's stochastic
+    rounding; ``compile`` runs C3O's bucket update through ``torch.compile`` (use it on CUDA).
+    Weight decay per the module docstring. The split summary is ``pair.split.summary`` (log it at
+    start-up). ``use_muon=False`` (``--optimizer c3o``) sends the block matrices to C3O as well,
+    decayed like the head.
     """
     split = split_params(model)
 
@@ -142,6 +157,7 @@ def build_optimizers(
             weight_decay=weight_decay,
             momentum=muon_momentum,
             ns_steps=ns_steps,
+            ns_coefficients=ns_coefficient_set(ns_coefficients),
             adjust_lr_fn=adjust_lr_fn,
             ns_fn=ns_fn,
         )
@@ -165,5 +181,6 @@ def build_optimizers(
             cautious=c3o_cautious,
             state_dtype=c3o_state_dtype,
             seed=seed,
+            compile=compile,
         )
     return OptimizerPair(muon, c3o, split)

@@ -23,15 +23,27 @@ An AdamW update (decoupled weight decay, bias correction) with two additions:
 
 With ``cautious=False`` and fp32 state the update is op-for-op ``torch.optim.AdamW``'s (tested).
 
-Stochastic rounding randomness: noise for parameter ``i`` (its index across all param groups) at its
-step ``t`` comes from a ``torch.Generator`` reseeded with ``(seed, t, i)``. Runs are therefore
-reproducible, and a resumed run draws the same noise as an uninterrupted one from the saved ``step``
-alone (no generator state to checkpoint). Reseeding is host-side bookkeeping, no device sync.
+Layout and speed: the parameters of a param group that share (dtype, device, step count) form a
+*bucket*. Its moments live in two flat persistent buffers; ``state[p]["exp_avg"]`` etc. are views of
+them, so ``state_dict`` keeps the per-parameter format (and older checkpoints load), while a step
+runs its maths on whole buckets: gather the gradients and parameters into one flat fp32 tensor each,
+update, write back. The whole bucket update is one function of tensors (:func:`_bucket_step`) that
+``compile=True`` hands to ``torch.compile``, which fuses it into a few kernels; eager it is about 25
+full passes, all of them launches on one big tensor rather than a loop over ~50 parameters.
+
+Stochastic rounding randomness: a counter-based hash of (``seed``, bucket, step count, element
+index), computed with integer tensor ops (:func:`_hash_noise16`), so it needs no ``torch.Generator``,
+fuses under ``torch.compile``, and is identical eager or compiled, CPU or GPU. The step count it uses
+is the bucket's device-side one, so a resumed run draws the same noise as an uninterrupted one from
+the saved ``step`` alone, and a step skipped with ``ok=False`` changes nothing, later noise included.
+
+Skipping without a sync: ``step(ok=...)`` (see :meth:`C3O.step`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -39,7 +51,15 @@ from torch.optim.optimizer import ParamsT
 
 _STATE_DTYPES = (torch.float32, torch.bfloat16)
 _MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
-_SEED_MASK = (1 << 63) - 1
+_U32 = 0xFFFFFFFF
+
+
+def _round_with_noise(x: Tensor, noise: Tensor) -> Tensor:
+    """bf16 of fp32 ``x`` after adding ``noise`` (ints in [0, 2^16)) to its bit pattern; see below."""
+    bits = x.view(torch.int32)
+    rounded = ((bits + noise.to(torch.int32)) & -65536).view(torch.float32)  # -65536 == 0xFFFF0000
+    # Low 16 bits are zero now, so the cast to bf16 is exact.
+    return torch.where(torch.isfinite(x), rounded, x).to(torch.bfloat16)
 
 
 def stochastic_round_to_bf16(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -50,14 +70,39 @@ def stochastic_round_to_bf16(x: Tensor, generator: torch.Generator | None = None
     the discarded fraction of an ulp. Because floats are sign-magnitude, this rounds the *magnitude*
     up or down, which is unbiased for negative values too. Non-finite values pass through unchanged
     (adding noise to a NaN/inf pattern could carry into the sign bit). Costs one int32 random tensor.
+    C3O itself draws its noise from :func:`_hash_noise16` instead of a generator.
     """
     if x.dtype != torch.float32:
         raise TypeError(f"stochastic_round_to_bf16 expects float32, got {x.dtype}")
-    bits = x.view(torch.int32)
     noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
-    rounded = ((bits + noise) & -65536).view(torch.float32)  # -65536 == 0xFFFF0000 as int32
-    # Low 16 bits are zero now, so the cast to bf16 is exact.
-    return torch.where(torch.isfinite(x), rounded, x).to(torch.bfloat16)
+    return _round_with_noise(x, noise)
+
+
+def _mul32(x: Tensor | int, c: int) -> Tensor | int:
+    """``(x * c) mod 2^32`` for ``0 <= x, c < 2^32`` in int64 without overflow (16-bit halves of ``c``)."""
+    lo = x * (c & 0xFFFF)
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _U32
+
+
+def _mix32(x: Tensor | int) -> Tensor | int:
+    """Chris Wellons' ``lowbias32`` integer hash on 32-bit values held in int64 (a bijection on [0, 2^32))."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _hash_noise16(numel: int, key: Tensor) -> Tensor:
+    """``numel`` pseudo-random ints in [0, 2^16), one per element index, from the int64 0-dim ``key``.
+
+    ``noise[i] = mix(i ^ key) >> 16``: the key (well mixed, 32 bits) permutes the index space, the hash
+    decorrelates neighbours. Plain integer tensor ops, so the same numbers come out eager or under
+    ``torch.compile`` and on any device.
+    """
+    index = torch.arange(numel, device=key.device, dtype=torch.int64)
+    return _mix32(index ^ key) >> 16
 
 
 def cautious_mask_(update: Tensor, grad: Tensor) -> Tensor:
@@ -71,13 +116,102 @@ def cautious_mask_(update: Tensor, grad: Tensor) -> Tensor:
     return update.mul_(mask)
 
 
+@dataclass
+class _Bucket:
+    """Parameters of one param group sharing (dtype, device, step count), with flat moments."""
+
+    params: list[Tensor]
+    numels: list[int]
+    exp_avg: Tensor  # (N,) state_dtype
+    exp_avg_sq: Tensor  # (N,) state_dtype
+    step: Tensor  # 0-dim fp32 on the params' device: this bucket's Adam step count
+    noise_base: int  # (seed, bucket) part of the stochastic-rounding key
+    lengths: Tensor  # (n_params,) int64 on the device: numels, for the cautious per-tensor rescale
+
+
+def _bucket_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    ok: Tensor | None,
+    lr: Tensor,
+    decay: Tensor,
+    m_weight: Tensor,
+    v_keep: Tensor,
+    lengths: Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    noise_base: int,
+    numels: list[int],
+    cautious: bool,
+) -> None:
+    """One C3O step of a bucket, in place: parameters, flat moments and the step count.
+
+    The values the lr schedule changes every step, ``lr`` (fp64) and the gated factors ``decay``
+    (``1 - lr * wd``), ``m_weight`` (``1 - beta1``) and ``v_keep`` (``beta2``) (fp32, the dtype of the
+    maths), arrive as 0-dim tensors on the device, so ``torch.compile`` never recompiles for them and
+    nothing is copied from the host; constants arrive as Python values. See :meth:`C3O.step` for the
+    gates. The maths is ``torch.optim.AdamW``'s, in fp32 working copies.
+    """
+    p32 = torch.cat([p.reshape(-1) for p in params]).float()
+    g32 = torch.cat([g.reshape(-1) for g in grads]).float()
+    m32 = exp_avg.float()  # the buffer itself when the state is fp32
+    v32 = exp_avg_sq.float()
+    if ok is None:
+        step.add_(1)
+    else:
+        g32 = torch.where(ok, g32, 0.0)  # NaN/inf of a skipped step never reach the state
+        step.add_(ok.to(step.dtype))
+    # fp64 like AdamW's Python-float maths. A skipped first step leaves the count at 0: the clamp keeps
+    # the corrections finite (the step size is gated to 0 then anyway).
+    t = step.double().clamp(min=1)
+    bias_correction1 = 1 - beta1**t
+    bias_correction2_sqrt = (1 - beta2**t).sqrt()
+    step_size = -lr / bias_correction1
+    if ok is not None:
+        step_size = torch.where(ok, step_size, 0.0)
+
+    # --- AdamW, in torch.optim.AdamW's op order (single-tensor path) ---
+    p32.mul_(decay)
+    m32.lerp_(g32, m_weight)
+    v32.mul_(v_keep).addcmul_(g32, g32, value=1 - beta2)
+    denom = (v32.sqrt() / bias_correction2_sqrt).add_(eps)
+    update = m32 / denom
+    if cautious:
+        # u = m_hat / (sqrt(v_hat) + eps) up to the positive step size; per tensor, mask it against g
+        # and rescale by the kept fraction (cautious_mask_, batched over the bucket's tensors).
+        mask = (update * g32 > 0).float()
+        kept = torch.stack(torch._foreach_norm(list(mask.split(numels)), 1))  # per-tensor counts
+        fraction = (kept / lengths).clamp(min=1e-3)
+        mask.div_(torch.repeat_interleave(fraction, lengths, output_size=mask.numel()))
+        update.mul_(mask)
+    p32.add_(update * step_size)
+
+    # --- write back; what lives in bf16 with stochastic rounding ---
+    t_int = step.to(torch.int64)
+    for stream, (dst, src) in enumerate(((exp_avg, m32), (exp_avg_sq, v32))):
+        if dst.dtype == torch.bfloat16:
+            key = _mix32((noise_base ^ (t_int * 4 + stream)) & _U32)
+            dst.copy_(_round_with_noise(src, _hash_noise16(src.numel(), key)))
+    if params[0].dtype == torch.bfloat16:
+        key = _mix32((noise_base ^ (t_int * 4 + 2)) & _U32)
+        p32 = _round_with_noise(p32, _hash_noise16(p32.numel(), key))
+    torch._foreach_copy_(params, [x.view_as(p) for x, p in zip(p32.split(numels), params, strict=True)])
+
+
 class C3O(torch.optim.Optimizer):
     """AdamW with compact (bf16 + stochastic rounding) state and optional cautious masking.
 
     Args: ``lr=1e-3``, ``betas=(0.9, 0.999)``, ``eps=1e-8``, ``weight_decay=1e-2`` (decoupled, as
     ``torch.optim.AdamW``); ``cautious`` enables the Cautious mask; ``state_dtype`` is
     ``torch.float32`` or ``torch.bfloat16`` for ``exp_avg``/``exp_avg_sq``; ``seed`` seeds stochastic
-    rounding. Parameters may be fp32 or bf16 (bf16 parameters are always written back with SR).
+    rounding; ``compile`` runs each bucket's update through ``torch.compile`` (for CUDA; the first
+    step then compiles, a few seconds). Parameters may be fp32 or bf16 (bf16 parameters are always
+    written back with SR). All parameters of a bucket must have a gradient together.
     """
 
     def __init__(
@@ -91,6 +225,7 @@ class C3O(torch.optim.Optimizer):
         cautious: bool = False,
         state_dtype: torch.dtype = torch.float32,
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         if lr < 0.0:
             raise ValueError(f"C3O lr must be >= 0; got {lr}")
@@ -119,94 +254,108 @@ class C3O(torch.optim.Optimizer):
                     raise ValueError(f"C3O supports fp32 and bf16 parameters; got {p.dtype}")
         self.state_dtype = state_dtype
         self.seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._step_fn = (
+            torch.compile(_bucket_step, fullgraph=True, dynamic=False) if compile else _bucket_step
+        )
+        # param-group index -> (ids of the params that had gradients, their buckets); rebuilt when that
+        # set changes or a state dict is loaded.
+        self._buckets: dict[int, tuple[tuple[int, ...], list[_Bucket]]] = {}
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ buckets
 
-    def _generator(self, device: torch.device, step: int, index: int) -> torch.Generator:
-        """The SR generator for one tensor's step, reseeded from (seed, step, index); see module doc."""
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = self._generators[device] = torch.Generator(device=device)
-        gen.manual_seed(((self.seed * 1_000_003 + step) * 1_000_033 + index) & _SEED_MASK)
-        return gen
+    def _group_buckets(self, index: int, params: list[Tensor]) -> list[_Bucket]:
+        """The buckets of ``params`` (a group's params with gradients), built on first use.
+
+        Parameters go together when dtype, device and step count agree (a loaded checkpoint could
+        hold different counts). Building copies whatever per-parameter moments exist into fresh flat
+        buffers and points the state at views of them. Reading a count that lives on the GPU syncs,
+        which only happens here, once after a load or when the set of parameters with gradients
+        changes, never in a steady step.
+        """
+        key = tuple(id(p) for p in params)
+        cached = self._buckets.get(index)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        first_index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        members: dict[tuple, list[Tensor]] = {}
+        for p in params:
+            step = self.state[p].get("step")
+            step_key = (
+                0.0 if step is None else float(step) if step.device.type == "cpu" else ("shared", id(step))
+            )
+            members.setdefault((p.dtype, p.device, step_key), []).append(p)
+        buckets = []
+        for (_, device, _), ps in members.items():
+            numels = [p.numel() for p in ps]
+            flat = {k: torch.zeros(sum(numels), dtype=self.state_dtype, device=device) for k in _MOMENT_KEYS}
+            old_step = self.state[ps[0]].get("step")
+            step = (
+                torch.zeros((), dtype=torch.float32, device=device)
+                if old_step is None
+                else old_step.detach().to(device=device, dtype=torch.float32, copy=True)
+            )
+            for p, n, offset in zip(ps, numels, _offsets(numels), strict=True):
+                state = self.state[p]
+                for k in _MOMENT_KEYS:
+                    view = flat[k][offset : offset + n].view_as(p)
+                    if k in state:
+                        view.copy_(state[k])
+                    state[k] = view
+                state["step"] = step
+            noise_base = _mix32((_mix32(self.seed & _U32) ^ first_index[id(ps[0])]) & _U32)
+            lengths = torch.tensor(numels, dtype=torch.int64).to(device)
+            buckets.append(
+                _Bucket(ps, numels, flat["exp_avg"], flat["exp_avg_sq"], step, noise_base, lengths)
+            )
+        self._buckets[index] = (key, buckets)
+        return buckets
 
     # ------------------------------------------------------------------ step
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One C3O step for every parameter that has a gradient."""
+    def step(self, closure: Callable[[], float] | None = None, *, ok: Tensor | None = None) -> float | None:
+        """One C3O step for every parameter that has a gradient.
+
+        ``ok``: optional 0-dim bool tensor on the parameters' device. Where it is False the step is a
+        no-op, bit for bit (parameters, moments and step counts unchanged), and the gradients may
+        hold NaN/inf; the host never reads it. Each gate is a device-side select (gradient -> 0, decay
+        factor -> 1, moment weights -> neutral, step size -> 0, step count += ok), so a skipped
+        step also leaves the bias correction and the rounding noise of later steps as if it never
+        happened.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-
-        index = -1
-        for group in self.param_groups:
-            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-            beta1, beta2 = group["betas"]
-            params, grads, indices = [], [], []
-            for p in group["params"]:
-                index += 1
-                if p.grad is None:
-                    continue
+        for index, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
                 if p.grad.is_sparse:
                     raise RuntimeError("C3O does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    # Like AdamW (non-capturable): a CPU float tensor, so reading it is not a GPU sync.
-                    state["step"] = torch.tensor(0.0)
-                    for key in _MOMENT_KEYS:
-                        state[key] = torch.zeros_like(
-                            p, dtype=self.state_dtype, memory_format=torch.preserve_format
-                        )
-                params.append(p)
-                grads.append(p.grad)
-                indices.append(index)
             if not params:
                 continue
-
-            states = [self.state[p] for p in params]
-            for s in states:
-                s["step"] += 1
-            steps = [int(s["step"].item()) for s in states]  # CPU tensors: no device sync
-
-            # fp32 working copies only where storage is bf16; otherwise work in place on the real tensors.
-            work_p = [p if p.dtype == torch.float32 else p.float() for p in params]
-            work_g = [g.to(wp.dtype) for g, wp in zip(grads, work_p, strict=True)]
-            work_m = [s["exp_avg"].to(wp.dtype) for s, wp in zip(states, work_p, strict=True)]
-            work_v = [s["exp_avg_sq"].to(wp.dtype) for s, wp in zip(states, work_p, strict=True)]
-
-            # --- AdamW, in torch.optim.AdamW's exact op order (single-tensor path) ---
-            torch._foreach_mul_(work_p, 1 - lr * weight_decay)
-            torch._foreach_lerp_(work_m, work_g, 1 - beta1)
-            torch._foreach_mul_(work_v, beta2)
-            torch._foreach_addcmul_(work_v, work_g, work_g, value=1 - beta2)
-            step_sizes = [lr / (1 - beta1**t) for t in steps]
-            bias_correction2_sqrt = [(1 - beta2**t) ** 0.5 for t in steps]  # ** 0.5 as AdamW, not math.sqrt
-            denoms = torch._foreach_sqrt(work_v)
-            torch._foreach_div_(denoms, bias_correction2_sqrt)
-            torch._foreach_add_(denoms, eps)
-            if group["cautious"]:
-                # u = m_hat / (sqrt(v_hat) + eps) up to the positive step size; mask it against g.
-                updates = torch._foreach_div(work_m, denoms)
-                for u, g in zip(updates, work_g, strict=True):
-                    cautious_mask_(u, g)
-                torch._foreach_add_(work_p, torch._foreach_mul(updates, [-s for s in step_sizes]))
-            else:
-                torch._foreach_addcdiv_(work_p, work_m, denoms, [-s for s in step_sizes])
-
-            # --- write back what lives in bf16, with stochastic rounding ---
-            for p, s, wp, wm, wv, t, i in zip(
-                params, states, work_p, work_m, work_v, steps, indices, strict=True
-            ):
-                needs_sr = [(s["exp_avg"], wm), (s["exp_avg_sq"], wv), (p, wp)]
-                needs_sr = [(dst, src) for dst, src in needs_sr if dst is not src]
-                if not needs_sr:
-                    continue
-                gen = self._generator(p.device, t, i)
-                for dst, src in needs_sr:
-                    dst.copy_(stochastic_round_to_bf16(src, gen))
+            beta1, beta2 = group["betas"]
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            device = params[0].device
+            # The schedule-driven scalars as device tensors: ok -> selects; no ok -> plain fills.
+            scalars = [
+                (lr, 0.0, torch.float64),
+                (1 - lr * weight_decay, 1.0, torch.float32),
+                (1 - beta1, 0.0, torch.float32),
+                (beta2, 1.0, torch.float32),
+            ]
+            lr_t, decay, m_weight, v_keep = (
+                torch.full((), v, dtype=d, device=device)
+                if ok is None
+                else torch.full((), v, dtype=d, device=device).where(ok, n)
+                for v, n, d in scalars
+            )
+            for b in self._group_buckets(index, params):
+                self._step_fn(
+                    b.params, [p.grad for p in b.params], b.exp_avg, b.exp_avg_sq, b.step, ok,
+                    lr_t, decay, m_weight, v_keep, b.lengths, beta1=beta1, beta2=beta2, eps=group["eps"],
+                    noise_base=b.noise_base, numels=b.numels, cautious=group["cautious"],
+                )  # fmt: skip
         return loss
 
     # ------------------------------------------------------------------ checkpointing
@@ -216,7 +365,8 @@ class C3O(torch.optim.Optimizer):
 
         The base class casts every floating state tensor to its parameter's dtype, which would round
         fp32 moments of bf16 parameters to bf16 (and widen bf16 moments needlessly). We restore the
-        moments from the saved tensors directly, so a round trip is bit-identical.
+        moments from the saved tensors directly, so a round trip is bit-identical. Buckets are rebuilt
+        from the loaded per-parameter state at the next step.
         """
         super().load_state_dict(state_dict)
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
@@ -228,3 +378,13 @@ class C3O(torch.optim.Optimizer):
             for key in _MOMENT_KEYS:
                 if key in saved:
                     self.state[p][key] = saved[key].to(device=p.device, dtype=self.state_dtype, copy=True)
+        self._buckets.clear()
+
+
+def _offsets(numels: list[int]) -> list[int]:
+    """Start of each tensor in a flat buffer holding ``numels`` back to back."""
+    out, total = [], 0
+    for n in numels:
+        out.append(total)
+        total += n
+    return out

@@ -1,0 +1,191 @@
+"""Optimizer-step time: our Muon + C3O against torch.optim.Muon + fused AdamW and fused AdamW alone.
+
+    python3 scripts/bench_optim.py --presets 124m 350m --json optim.json       # on the GPU machine
+    python3 scripts/bench_optim.py --device cpu --presets tiny --steps 2        # CPU smoke check
+
+The parameters are the real SigmaLM ones of each preset (vocabulary 32768, tied embedding), built on
+the device in the bf16 profile the trainer uses on a bf16 GPU (training/hardware.py: bf16 parameters,
+C3O state dtype "auto" = the parameter dtype). Gradients are fixed random tensors, set once. Every
+variant gets its own fresh model, is warmed up (bucket building, torch.compile, Triton autotuning),
+then timed: ``--repeats`` runs of ``--steps`` consecutive ``step()`` calls, each call bracketed by
+CUDA events; the table shows the median over all calls and the spread of the per-run medians.
+
+Variants:
+  ours ns=torch|triton        Muon (stacked buckets, Newton-Schulz reference or Triton kernel) + C3O
+                              (bf16 state, cautious, bucket update through torch.compile on CUDA)
+  ... +ok                     the same with the sync-free guard: step(ok) with ok a device tensor
+  ours c3o=eager              C3O's bucket update without torch.compile (what --compile off runs)
+  torch Muon + fused AdamW    torch.optim.Muon (one matrix at a time) on the block matrices,
+                              torch.optim.AdamW(fused=True) on the rest
+  fused AdamW (all)           torch.optim.AdamW(fused=True) on every parameter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.config import from_preset  # noqa: E402
+from model.decoder import SigmaLM  # noqa: E402
+from training.optim import build_optimizers, split_params  # noqa: E402
+
+VOCAB = 32768
+MUON_LR, C3O_LR, WEIGHT_DECAY, BETAS = 0.02, 3e-3, 0.1, (0.9, 0.95)
+
+
+def make_model(preset: str, device: torch.device) -> SigmaLM:
+    """The preset's SigmaLM on ``device`` in the bf16 profile (bf16 params on CUDA, fp32 on CPU), grads set."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = SigmaLM(from_preset(preset, vocab_size=VOCAB, max_seq_len=2048))
+    gen = torch.Generator(device=device).manual_seed(1)
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+        p.grad = torch.randn(p.shape, device=device, dtype=dtype, generator=gen)
+    return model
+
+
+def variants(device: torch.device) -> dict[str, Callable[[SigmaLM], Callable[[], None]]]:
+    """name -> (model -> a zero-argument optimizer step)."""
+    on_cuda = device.type == "cuda"
+    ok = torch.ones((), dtype=torch.bool, device=device)
+
+    def ours(ns: str, guard: bool, compile: bool) -> Callable[[SigmaLM], Callable[[], None]]:
+        def build(model: SigmaLM) -> Callable[[], None]:
+            ns_fn = None
+            if ns == "triton":
+                from training.kernels import newton_schulz
+
+                ns_fn = newton_schulz.triton_impl
+            pair = build_optimizers(
+                model, lr=C3O_LR, muon_lr=MUON_LR, weight_decay=WEIGHT_DECAY, betas=BETAS,
+                c3o_state_dtype=next(model.parameters()).dtype, c3o_cautious=True, muon_momentum=0.95,
+                ns_steps=5, ns_fn=ns_fn, compile=compile,
+            )  # fmt: skip
+            return (lambda: pair.step(ok)) if guard else pair.step
+
+        return build
+
+    def torch_muon_adamw(model: SigmaLM) -> Callable[[], None]:
+        split = split_params(model)
+        muon = torch.optim.Muon([p for _, p in split.muon], lr=MUON_LR, weight_decay=WEIGHT_DECAY)
+        adamw = torch.optim.AdamW([p for _, p in split.c3o], lr=C3O_LR, betas=BETAS, fused=on_cuda)
+
+        def step() -> None:
+            muon.step()
+            adamw.step()
+
+        return step
+
+    def fused_adamw(model: SigmaLM) -> Callable[[], None]:
+        return torch.optim.AdamW(model.parameters(), lr=C3O_LR, betas=BETAS, fused=on_cuda).step
+
+    table: dict[str, Callable[[SigmaLM], Callable[[], None]]] = {}
+    for ns in ("torch", "triton") if on_cuda else ("torch",):
+        table[f"ours ns={ns}"] = ours(ns, guard=False, compile=on_cuda)
+        table[f"ours ns={ns} +ok"] = ours(ns, guard=True, compile=on_cuda)
+    if on_cuda:
+        table["ours ns=torch c3o=eager"] = ours("torch", guard=False, compile=False)
+    table["torch Muon + fused AdamW"] = torch_muon_adamw
+    table["fused AdamW (all)"] = fused_adamw
+    return table
+
+
+def time_steps(step: Callable[[], None], device: torch.device, steps: int) -> list[float]:
+    """Milliseconds of each of ``steps`` consecutive calls (CUDA events on the GPU, wall clock on CPU)."""
+    if device.type != "cuda":
+        out = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)
+    ]
+    for start, end in events:
+        start.record()
+        step()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def bench(preset: str, device: torch.device, *, steps: int, repeats: int, warmup: int) -> list[dict]:
+    rows = []
+    for name, build in variants(device).items():
+        model = make_model(preset, device)
+        step = build(model)
+        for _ in range(warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        runs = [time_steps(step, device, steps) for _ in range(repeats)]
+        medians = [statistics.median(r) for r in runs]
+        rows.append(
+            {
+                "preset": preset,
+                "variant": name,
+                "median_ms": statistics.median([t for r in runs for t in r]),
+                "run_medians_ms": medians,
+                "steps": steps,
+                "repeats": repeats,
+            }
+        )
+        print(
+            f"{preset:>5}  {name:<28} {rows[-1]['median_ms']:8.3f} ms   runs {min(medians):.3f}-{max(medians):.3f}"
+        )
+        del step, model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["124m", "350m"], help="model presets (model/config.py)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per run (median taken)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per variant")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, autotune, buckets)")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "command": " ".join(sys.argv),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    print(" ".join(f"{k}={v}" for k, v in env.items()))
+    rows = []
+    for preset in args.presets:
+        rows += bench(preset, device, steps=args.steps, repeats=args.repeats, warmup=args.warmup)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"env": env, "results": rows}, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,11 +1,19 @@
 """The GRPO stage: TRL `GRPOTrainer` on executable-code tasks, run on the live weights between pretraining steps.
 
-Live weights, no disk: `hf_view(model)` builds a stock transformers `Qwen3ForCausalLM` whose
-parameters *are* the SigmaLM's `nn.Parameter` objects (same storage; only the rotary buffers are
-new), so TRL's optimizer updates the pretraining weights in place and nothing is copied back.
+Live weights, no disk: `hf_view(model)` builds a stock transformers `Qwen3ForCausalLM` (or
+`LlamaForCausalLM` for a model without QK norm, e.g. an imported SmolLM2) whose parameters *are* the
+SigmaLM's `nn.Parameter` objects (same storage; only the rotary buffers are new), so TRL's optimizer
+updates the pretraining weights in place and nothing is copied back.
 With LoRA (`lora_rank > 0`) PEFT wraps that view; after the phase the adapters are merged into the
 shared base weights and removed. Measured on the tiny preset (CPU), building the view takes a few
 milliseconds (no tensor is copied; see `phase_view_s` in the metrics).
+
+Prompts: with a chat template (an instruct model's tokenizer folder, `tokenizer_dir`) each task goes in
+as a conversation (`[{"role": "user", ...}]`, the task's open code fence turned into an instruction;
+TRL renders it with the template) and the tokenizer's own eos ends a turn; without one, the plain
+prompt that ends inside a ```python block is continued. The held-out evaluation renders prompts the
+same way and decodes greedily; the first phase also scores the held-out tasks before training
+(`grpo_heldout_pass_rate_before`), so one run shows what GRPO changed.
 
 Rewards: the completion's program runs in the sandbox against the task's hidden tests; all pass ->
 `reward_success` (+2.0), anything else -> `reward_fail` (-1.0); a sandbox infrastructure failure ->
@@ -23,14 +31,17 @@ Start-up: `trl_grpo_available()` is cheap (an import-spec lookup) when GRPO is o
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from training import console
 from training.sandbox import SandboxLimits, SandboxPool
-from training.tasks import Task, TaskGenerator, load_humaneval, load_jsonl
+from training.tasks import Task, TaskGenerator, chat_prompt, load_humaneval, load_jsonl
 
 
 class GRPOUnavailable(RuntimeError):
@@ -64,7 +75,7 @@ class GRPOStageConfig:
     """generated | humaneval | a JSONL file path."""
     difficulties: tuple[int, ...] = (1, 2, 3)
     eval_tasks: int = 16
-    """held-out tasks scored (greedy) after each phase; 0 = none."""
+    """held-out tasks scored (greedy) after each phase, and before the first; 0 = none."""
     sandbox_workers: int = 0
     """0 = one per CPU core."""
     sandbox_timeout_s: float = 5.0
@@ -85,20 +96,25 @@ def trl_grpo_available() -> bool:
 
 
 def hf_view(model):
-    """A transformers Qwen3ForCausalLM sharing `model`'s parameter objects (no copy)."""
+    """A transformers Qwen3ForCausalLM (LlamaForCausalLM without QK norm) sharing `model`'s parameter
+    objects (no copy)."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     from model.hf_compat import config_to_hf
 
     p0 = next(model.parameters())
     hf_cfg = config_to_hf(model.cfg)
     hf_cfg.pop("architectures", None)
-    hf_cfg.pop("model_type", None)
+    config_cls, model_cls = {"qwen3": (Qwen3Config, Qwen3ForCausalLM),
+                             "llama": (LlamaConfig, LlamaForCausalLM)}[hf_cfg.pop("model_type")]
     hf_cfg["dtype"] = str(p0.dtype).removeprefix("torch.")
-    config = Qwen3Config(**hf_cfg)
+    # No special-token ids from the config classes' defaults (Llama's say eos=2): TRL would add them
+    # to the stop tokens; the run's tokenizer is the only authority.
+    hf_cfg.update(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config = config_cls(**hf_cfg)
     with torch.device("meta"):
-        hf = Qwen3ForCausalLM(config)
+        hf = model_cls(config)
     for name, param in model.named_parameters():
         hf_name = name if name == "lm_head.weight" else f"model.{name}"
         owner, leaf = hf_name.rsplit(".", 1)
@@ -107,16 +123,23 @@ def hf_view(model):
         hf.lm_head.weight = hf.model.embed_tokens.weight
     # The rotary buffers were created on meta: rebuild them where the weights live (fp32 tables).
     rotary_cls = type(hf.model.rotary_emb)
-    hf.model.rotary_emb = rotary_cls(config=config, device=p0.device)
+    hf.model.rotary_emb = rotary_cls(config=config).to(p0.device)
     leftover = [n for n, t in [*hf.named_parameters(), *hf.named_buffers()] if t.is_meta]
     if leftover:
         raise RuntimeError(f"hf_view: tensors left on meta: {leftover[:5]}")
+    hf.generation_config.bos_token_id = hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = None
     return hf
 
 
-def hf_tokenizer(tok):
-    """A transformers fast tokenizer over the run's `tokenizers.Tokenizer` (same ids)."""
+def hf_tokenizer(tok, folder: str | os.PathLike | None = None):
+    """A transformers fast tokenizer over the run's `tokenizers.Tokenizer` (same ids).
+
+    Special tokens default to eco_train's own (`<|endoftext|>` ends a sequence). With `folder` (the
+    --tokenizer or --init-from folder of a pretrained model) its tokenizer_config.json names them
+    instead and its chat template (chat_template.jinja, or the config's `chat_template`) is attached:
+    an instruct model such as SmolLM2 ends a turn with `<|im_end|>`, never `<|endoftext|>`.
+    """
     from transformers import PreTrainedTokenizerFast
 
     from training.data.tokenizer import EOS_TOKEN, PAD_TOKEN
@@ -124,8 +147,31 @@ def hf_tokenizer(tok):
     if isinstance(tok, PreTrainedTokenizerFast):
         return tok
     pad = PAD_TOKEN if tok.token_to_id(PAD_TOKEN) is not None else EOS_TOKEN
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=pad, bos_token=EOS_TOKEN)
+    specials = {"eos_token": EOS_TOKEN, "pad_token": pad, "bos_token": EOS_TOKEN}
+    template = None
+    if folder is not None and Path(folder).is_dir():
+        folder = Path(folder)
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            value = config.get(key)
+            value = value.get("content") if isinstance(value, dict) else value  # older AddedToken form
+            if value is None:
+                continue
+            if tok.token_to_id(value) is None:
+                raise ValueError(f"{config_file}: {key} {value!r} is not in the tokenizer's vocabulary; "
+                                 "fix: point --tokenizer at the folder the tokenizer.json came with")
+            specials[key] = value
+        if "pad_token" not in config and tok.token_to_id(PAD_TOKEN) is None:
+            specials["pad_token"] = specials["eos_token"]
+        template_file = folder / "chat_template.jinja"
+        template = template_file.read_text() if template_file.is_file() else config.get("chat_template")
+        if template is not None and not isinstance(template, str):
+            raise ValueError(f"{config_file}: chat_template is not a single template string; eco_train does "
+                             "not pick among named templates. fix: save the wanted one as chat_template.jinja")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **specials)
     fast.padding_side = "left"
+    fast.chat_template = template
     return fast
 
 
@@ -180,16 +226,20 @@ class _StageState:
     passes: int = 0
     infra_failures: int = 0
     kinds: dict = field(default_factory=dict)
+    prompt_format: str = "plain"
+    """chat | plain: fixed by the tokenizer folder; a resume must not switch it silently."""
 
 
 class GRPOStage:
     """GRPO phases on the live model. See the module docstring for the contract."""
 
-    def __init__(self, cfg: GRPOStageConfig, tokenizer, *, device, seed: int) -> None:
+    def __init__(self, cfg: GRPOStageConfig, tokenizer, *, device, seed: int,
+                 tokenizer_dir: str | os.PathLike | None = None) -> None:
         self.cfg, self.device, self.seed = cfg, device, seed
         self.accelerator = _import_trl(cfg.accelerator, device)
-        self.tokenizer = hf_tokenizer(tokenizer)
-        self.state = _StageState()
+        self.tokenizer = hf_tokenizer(tokenizer, tokenizer_dir)
+        self.chat = self.tokenizer.chat_template is not None
+        self.state = _StageState(prompt_format="chat" if self.chat else "plain")
         self.pool = SandboxPool(cfg.sandbox_workers or None,
                                 SandboxLimits(timeout_s=cfg.sandbox_timeout_s, cpu_s=max(1, int(cfg.sandbox_timeout_s))))
         self._fixed: list[Task] | None = None
@@ -212,6 +262,10 @@ class GRPOStage:
         gen.position = phase * n
         return gen.take(n)
 
+    def prompt(self, task: Task):
+        """What the policy is given for `task`: a conversation with a chat template, else the plain text."""
+        return [{"role": "user", "content": chat_prompt(task.prompt)}] if self.chat else task.prompt
+
     def heldout_tasks(self) -> list[Task]:
         if self._fixed is not None:
             return self._fixed[: self.cfg.eval_tasks]
@@ -224,6 +278,9 @@ class GRPOStage:
 
         t_phase = time.perf_counter()
         cfg, phase = self.cfg, self.state.phases
+        before = {}
+        if phase == 0 and cfg.eval_tasks:
+            before = {f"{k}_before": v for k, v in self.evaluate(model).items() if k == "grpo_heldout_pass_rate"}
         rng_saved = _get_rng()
         was_training = model.training
         grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -261,6 +318,7 @@ class GRPOStage:
         scored = max(1, reward.executions - reward.kinds.get("infra", 0))
         out = {
             "grpo_phase": phase + 1, "grpo_steps": cfg.steps, "grpo_accelerator": self.accelerator,
+            "grpo_prompt_format": self.state.prompt_format,
             "grpo_executions": reward.executions, "grpo_pass_rate": reward.kinds.get("pass", 0) / scored,
             "grpo_mean_reward": sum(reward.rewards) / len(reward.rewards) if reward.rewards else None,
             "grpo_timeouts": reward.kinds.get("timeout", 0), "grpo_infra_failures": reward.kinds.get("infra", 0),
@@ -268,7 +326,7 @@ class GRPOStage:
             "grpo_phase_s": time.perf_counter() - t_phase, "grpo_train_s": train_s, "grpo_view_s": view_s,
             "grpo_sandbox_isolation": self.pool.iso.mode, "grpo_network_cut": int(self.pool.iso.network_cut),
             **{f"grpo_errors_{k}": v for k, v in sorted(reward.kinds.items()) if k != "pass"},
-            **heldout,
+            **before, **heldout,
         }
         return out
 
@@ -291,7 +349,10 @@ class GRPOStage:
             logging_steps=max(1, cfg.steps), gradient_checkpointing=False, disable_tqdm=True,
             dataloader_num_workers=0, log_completions=False, remove_unused_columns=False,
         )
-        ds = Dataset.from_list([{"prompt": t.prompt, "task_id": t.task_id} for t in tasks])
+        if cfg.lora_rank == 0 and bf16:
+            console.say(f"WARNING: full-weight GRPO on bf16 weights: AdamW steps smaller than ~1/256 of a weight "
+                        f"round away (--grpo-lr {cfg.lr:g}); fix: --hardware-profile fp32 or --grpo-lora-rank R")
+        ds = Dataset.from_list([{"prompt": self.prompt(t), "task_id": t.task_id} for t in tasks])
         peft_config = None
         if cfg.lora_rank > 0:
             from peft import LoraConfig
@@ -302,9 +363,9 @@ class GRPOStage:
         return GRPOTrainer(model=hf, reward_funcs=[reward], args=args, train_dataset=ds,
                            processing_class=self.tokenizer, peft_config=peft_config)
 
-    def evaluate(self, model, *, batch: int = 8) -> dict:
+    def evaluate(self, model, *, batch: int = 32) -> dict:
         """Greedy completions of the held-out tasks (through the HF view: KV cache, stops at EOS),
-        scored in the sandbox: `grpo_heldout_pass_rate`."""
+        prompted as in training, scored in the sandbox: `grpo_heldout_pass_rate`."""
         import torch
 
         tasks, tok = self.heldout_tasks(), self.tokenizer
@@ -315,7 +376,11 @@ class GRPOStage:
         room = model.cfg.max_seq_len
         with torch.no_grad():
             for i in range(0, len(tasks), batch):
-                enc = tok([t.prompt for t in tasks[i:i + batch]], return_tensors="pt", padding=True)
+                texts = [t.prompt for t in tasks[i:i + batch]]
+                if self.chat:  # the template writes the special tokens itself, as TRL's rendering does
+                    texts = [tok.apply_chat_template(self.prompt(t), tokenize=False, add_generation_prompt=True)
+                             for t in tasks[i:i + batch]]
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat)
                 n_new = max(1, min(self.cfg.max_completion_length, room - enc["input_ids"].shape[1]))
                 enc = {k: v[:, -(room - n_new):].to(next(model.parameters()).device) for k, v in enc.items()}
                 out = hf.generate(**enc, do_sample=False, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
@@ -332,7 +397,12 @@ class GRPOStage:
         return asdict(self.state)
 
     def load_state_dict(self, d: dict) -> None:
-        self.state = _StageState(**d)
+        saved = _StageState(**d)
+        if saved.prompt_format != self.state.prompt_format:
+            raise ValueError(f"the checkpoint's GRPO phases prompted the model in {saved.prompt_format} format, this "
+                             f"run would use {self.state.prompt_format}; fix: resume with the same --tokenizer "
+                             "folder (its chat template decides the format)")
+        self.state = saved
 
     def close(self) -> None:
         self.pool.close()

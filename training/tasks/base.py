@@ -35,27 +35,42 @@ class Task:
                    entry_point=self.entry_point, inputs=self.inputs, expected=self.expected, tests=self.tests)
 
 
-_FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def extract_program(completion: str, *, prefix: str = "", entry_point: str = "") -> str:
-    """The program in a completion: the first fenced code block holding `def entry_point` (or the
-    first block), else the text before a closing fence (the prompt opened the block), else all of it."""
-    head = completion.split("```", 1)[0]
-    # "def ... ```": the prompt opened the block and the completion closes it.
-    blocks = [] if "```" in completion and "def " in head else _FENCE.findall(completion)
-    code = None
-    for b in blocks:
-        if entry_point and f"def {entry_point}" in b:
-            code = b
-            break
-    if code is None and blocks:
-        code = blocks[0]
+    """The program in a completion, for both prompt styles.
+
+    A fenced block that defines `entry_point` wins (an instruct model's answer: prose, then a
+    ```python block, then more prose; the prose may name the function too). Otherwise, when the text
+    before the first fence defines something, the prompt opened the block and the completion closes
+    it: that text is the program. Otherwise the first fenced block, else the whole completion.
+    """
+    blocks = _FENCE.findall(completion)
+    code = next((b for b in blocks if entry_point and re.search(rf"^\s*def {re.escape(entry_point)}\b", b,
+                                                                    re.MULTILINE)), None)
     if code is None:
-        code = completion.split("```", 1)[0]
+        head = completion.split("```", 1)[0]
+        code = blocks[0] if blocks and not re.search(r"^\s*def ", head, re.MULTILINE) else head
     if prefix and not (entry_point and re.search(rf"^\s*def {re.escape(entry_point)}\b", code, re.MULTILINE)):
         code = prefix + code
     return code
+
+
+def chat_prompt(prompt: str) -> str:
+    """`prompt` as a chat user message for an instruct model, which answers in its own fenced block.
+
+    Plain prompts end inside an open ```python block so that a base model continues with code; in a
+    chat that open fence would sit in the user's turn, so an empty trailing one is dropped and one
+    holding code (HumanEval's signature) is closed.
+    """
+    body = prompt.rstrip()
+    if body.count("```") % 2 == 0:
+        return body
+    head, _, tail = body.rpartition("```")
+    if tail.strip() in ("", "python", "py"):
+        return head.rstrip() + " Put it in a Python code block."
+    return body + "\n```"
 
 
 def format_prompt(description: str, signature: str, examples: list[tuple[str, str]]) -> str:

@@ -20,7 +20,14 @@ pytestmark = pytest.mark.gpu
 from model.config import from_preset  # noqa: E402
 from model.decoder import SigmaLM  # noqa: E402
 from training.kernels import newton_schulz as ns  # noqa: E402
-from training.optim import POLAR_EXPRESS_COEFFICIENTS, OptimizerPair, build_optimizers  # noqa: E402
+from training.optim import (  # noqa: E402
+    POLAR_EXPRESS_COEFFICIENTS,
+    OptimizerPair,
+    build_optimizers,
+    check_instant_inversion,
+    instant_inversion_selftest,
+    ns_coefficient_set,
+)
 from training.optim.newton_schulz import DEFAULT_NS_COEFFICIENTS  # noqa: E402
 
 DEVICE = torch.device("cuda")
@@ -63,6 +70,20 @@ def test_triton_newton_schulz_nan_and_compile() -> None:
     G[1, 7, 9] = G[2, 0, 0] = 0.0
     eager = ns.triton_impl(G, steps=5, coefficients=POLAR_EXPRESS_COEFFICIENTS)
     assert rel_err(compiled(G), eager) < 1e-2
+
+
+@pytest.mark.parametrize("name", ["muon", "polar_express"])
+def test_instant_inversion_selftest_with_triton_kernel(name: str) -> None:
+    """What the trainer runs at start-up with --kernels triton, for both coefficient sets."""
+    result = instant_inversion_selftest(
+        steps=5,
+        coefficients=ns_coefficient_set(name),
+        dtype=torch.bfloat16,
+        device=DEVICE,
+        ns_fn=ns.triton_impl,
+    )
+    print(name, result)
+    check_instant_inversion(result)
 
 
 # ---------------------------------------------------------------------------- the optimizer step

@@ -500,6 +500,10 @@ def test_muon_state_is_per_parameter_and_loads_torch_muon_state() -> None:
     for a, b in zip(ours_p, ref_p, strict=True):
         assert torch.equal(a, b)
     state = ours.state_dict()["state"]
+    # The Newton-Schulz settings are this run's, not the checkpoint's.
+    pe = Muon(ours_p, ns_coefficients=POLAR_EXPRESS_COEFFICIENTS)
+    pe.load_state_dict(ours.state_dict())
+    assert pe.param_groups[0]["ns_coefficients"] == POLAR_EXPRESS_COEFFICIENTS
     for i, p in enumerate(ours_p):
         assert state[i]["momentum_buffer"].shape == p.shape
         assert torch.equal(state[i]["momentum_buffer"], ref.state_dict()["state"][i]["momentum_buffer"])

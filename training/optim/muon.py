@@ -160,8 +160,16 @@ class Muon(torch.optim.Optimizer):
         return buckets
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load per-parameter momentum (this or the pre-bucket format); the buckets are rebuilt next step."""
+        """Load per-parameter momentum (this or the pre-bucket format); the buckets are rebuilt next step.
+
+        The Newton–Schulz settings (``ns_coefficients``, ``ns_steps``) stay as constructed instead of
+        coming back from the checkpoint's param groups: they choose the kernel's arithmetic, not
+        training state, so ``--ns-coefficients`` given on resume is the one that runs.
+        """
+        kernel_settings = [(g["ns_coefficients"], g["ns_steps"]) for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, (coefficients, steps) in zip(self.param_groups, kernel_settings, strict=True):
+            group["ns_coefficients"], group["ns_steps"] = coefficients, steps
         self._buckets.clear()
 
     # ------------------------------------------------------------------ orthogonalization seam

@@ -13,6 +13,7 @@ CUDA events; the table shows the median over all calls and the spread of the per
 Variants:
   ours ns=torch|triton        Muon (stacked buckets, Newton-Schulz reference or Triton kernel) + C3O
                               (bf16 state, cautious, bucket update through torch.compile on CUDA)
+  ours ns=compiled            the Newton-Schulz reference under torch.compile
   ... +ok                     the same with the sync-free guard: step(ok) with ok a device tensor
   ours c3o=eager              C3O's bucket update without torch.compile (what --compile off runs)
   torch Muon + fused AdamW    torch.optim.Muon (one matrix at a time) on the block matrices,
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.config import from_preset  # noqa: E402
 from model.decoder import SigmaLM  # noqa: E402
-from training.optim import build_optimizers, split_params  # noqa: E402
+from training.optim import build_optimizers, split_params, zeropower_via_newtonschulz  # noqa: E402
 
 VOCAB = 32768
 MUON_LR, C3O_LR, WEIGHT_DECAY, BETAS = 0.02, 3e-3, 0.1, (0.9, 0.95)
@@ -68,6 +69,8 @@ def variants(device: torch.device) -> dict[str, Callable[[SigmaLM], Callable[[],
                 from training.kernels import newton_schulz
 
                 ns_fn = newton_schulz.triton_impl
+            elif ns == "compiled":
+                ns_fn = torch.compile(zeropower_via_newtonschulz, fullgraph=True, dynamic=False)
             pair = build_optimizers(
                 model, lr=C3O_LR, muon_lr=MUON_LR, weight_decay=WEIGHT_DECAY, betas=BETAS,
                 c3o_state_dtype=next(model.parameters()).dtype, c3o_cautious=True, muon_momentum=0.95,
@@ -96,6 +99,7 @@ def variants(device: torch.device) -> dict[str, Callable[[SigmaLM], Callable[[],
         table[f"ours ns={ns}"] = ours(ns, guard=False, compile=on_cuda)
         table[f"ours ns={ns} +ok"] = ours(ns, guard=True, compile=on_cuda)
     if on_cuda:
+        table["ours ns=compiled"] = ours("compiled", guard=False, compile=True)
         table["ours ns=torch c3o=eager"] = ours("torch", guard=False, compile=False)
     table["torch Muon + fused AdamW"] = torch_muon_adamw
     table["fused AdamW (all)"] = fused_adamw

@@ -161,13 +161,19 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["124m", "350m"], help="model presets (model/config.py)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     ap.add_argument("--steps", type=int, default=30, help="timed steps per run (median taken)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per variant")
-    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, autotune, buckets)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default 5; 2 on cpu)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps first: compile, autotune, buckets (default 5; 1 on cpu)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    on_cuda = device.type == "cuda"
+    repeats = args.repeats if args.repeats is not None else 5 if on_cuda else 2
+    warmup = args.warmup if args.warmup is not None else 5 if on_cuda else 1
     env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -185,7 +191,7 @@ def main() -> None:
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     rows = []
     for preset in args.presets:
-        rows += bench(preset, device, steps=args.steps, repeats=args.repeats, warmup=args.warmup)
+        rows += bench(preset, device, steps=args.steps, repeats=repeats, warmup=warmup)
     if args.json is not None:
         args.json.write_text(json.dumps({"env": env, "results": rows}, indent=2))
         print(f"wrote {args.json}")

@@ -4,9 +4,18 @@ Forward (Ma et al. 2024, "The Era of 1-bit LLMs"):
     weights      W_q = clamp(round(W / s_w), -1, 1) * s_w,   s_w = mean(|W|)  (one scale per matrix)
     activations  x_q = clamp(round(x * s_x), -128, 127) / s_x, s_x = 127 / max(|x|) per token (row)
     y = x_q @ W_q^T
-Backward: straight-through, d/dW and d/dx as if no quantisation happened, so the fp32 master weights
-keep learning. This file is the PyTorch reference; ``training/kernels/bitnet.py`` holds the fused
-Triton quantiser with the same signature.
+Backward: straight-through, d/dW and d/dx as if no quantisation happened, so the master weights keep
+learning. Embedding, LM head and norms stay full precision (``model/decoder.py`` builds a BitLinear
+only for the linears inside the blocks).
+
+Numerics, shared with the fused Triton quantiser in ``training/kernels/bitnet.py`` so that the two agree
+bit for bit: both quantisers compute in fp32 whatever the input dtype (bf16 rounding of ``W / s_w``
+would move values across the 0.5 decision boundary) and return the input's dtype; ``round`` is
+round-half-to-even; divisions are IEEE-rounded. The weight absmean is accumulated in fp64 and then
+rounded to fp32: an fp32 sum depends on the summation order (torch's and the kernel's differ), while
+two fp64 sums of N fp32 magnitudes differ by at most N * 2**-53 relative (3e-10 for the 2.9M entries of
+a 350m MLP matrix, ~1e-13 typically), so both round to the same fp32 scale unless they straddle an
+fp32 rounding boundary: probability ~1e-5 per matrix, and then the scales are one ulp apart.
 """
 
 import torch
@@ -16,17 +25,35 @@ from torch import nn
 QUANT_EPS = 1e-5  # floor of both scales' denominators: an all-zero row or matrix stays zero
 
 
+def absmean_scale(w: torch.Tensor) -> torch.Tensor:
+    """fp32 scalar ``max(mean|w|, QUANT_EPS)``, the sum accumulated in fp64 (see module docstring)."""
+    return (w.float().abs().sum(dtype=torch.float64) / w.numel()).float().clamp(min=QUANT_EPS)
+
+
 def ternary_weight(w: torch.Tensor) -> torch.Tensor:
-    """Absmean ternary quantisation, dequantised: values in ``{-s, 0, s}`` with ``s = mean|w|``."""
-    scale = w.abs().mean().clamp(min=QUANT_EPS)
-    return (w / scale).round().clamp(-1, 1) * scale
+    """Absmean ternary quantisation, dequantised, in ``w``'s dtype: values in ``{-s, 0, s}``."""
+    scale = absmean_scale(w)
+    return ((w.float() / scale).round().clamp(-1, 1) * scale).to(w.dtype)
 
 
 def int8_activation(x: torch.Tensor) -> torch.Tensor:
     """Per-token (last dim) absmax 8-bit quantisation, dequantised, in ``x``'s dtype."""
     x_f32 = x.float()
-    scale = 127.0 / x_f32.abs().amax(dim=-1, keepdim=True).clamp(min=QUANT_EPS)
+    # reciprocal-then-multiply spelled out: it is what torch runs for ``127.0 / tensor`` anyway, and
+    # the Triton kernel must reproduce the same two roundings.
+    scale = x_f32.abs().amax(dim=-1, keepdim=True).clamp(min=QUANT_EPS).reciprocal() * 127.0
     return ((x_f32 * scale).round().clamp(-128, 127) / scale).to(x.dtype)
+
+
+def straight_through(x: torch.Tensor, x_quantized: torch.Tensor) -> torch.Tensor:
+    """``x_quantized``'s values with ``x``'s gradient (identity backward).
+
+    Written as ``(x - x.detach()) + q`` rather than the usual ``x + (q - x).detach()``: the first term
+    is exactly zero, so the forward value is exactly ``q`` (up to the sign of a zero), whereas
+    ``x + (q - x)`` rounds twice and in bf16 misses ``q`` by an ulp wherever ``q`` and ``x`` are far
+    apart (small entries quantised to zero).
+    """
+    return (x - x.detach()) + x_quantized.detach()
 
 
 def bitnet_quant_reference(x: torch.Tensor, w: torch.Tensor, prequantized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,8 +62,8 @@ def bitnet_quant_reference(x: torch.Tensor, w: torch.Tensor, prequantized: bool 
     ``prequantized`` skips the weight quantiser (an exported model whose weights are already
     ternary-valued; re-quantising would change the scale).
     """
-    x_q = x + (int8_activation(x) - x).detach()
-    w_q = w if prequantized else w + (ternary_weight(w) - w).detach()
+    x_q = straight_through(x, int8_activation(x.detach()))
+    w_q = w if prequantized else straight_through(w, ternary_weight(w.detach()))
     return x_q, w_q
 
 

@@ -1,0 +1,245 @@
+"""BitNet 1.58: the fused Triton quantiser against the PyTorch reference, training, export, optimizer roles.
+
+The kernel tests run where Triton runs: on the GPU when there is one, else on the CPU under
+``TRITON_INTERPRET=1`` (set below, before Triton is imported) on tiny shapes. "Equal" means
+``torch.equal`` (so -0.0 == 0.0); ``training/kernels/bitnet.py`` says why the two agree bit for bit and
+the one case (probability ~1e-5 per matrix) where the weight scale may not.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from model.bitnet import BitLinear, absmean_scale, bitnet_quant_reference, int8_activation, ternary_weight
+from model.config import from_preset
+from model.decoder import SigmaLM
+from model.hf_compat import BITNET_KEY, export_hf, load_hf
+from training.optim import build_optimizers, split_params
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated, on import
+from training.kernels import bitnet as kb  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # of the kernel tests; the model tests are CPU
+DTYPES = [torch.float32, torch.bfloat16]
+VOCAB, SEQ, BATCH = 256, 32, 8
+
+
+def special_rows() -> torch.Tensor:
+    """Rows that exercise the edge cases: exact ties, an all-zero row, huge and tiny magnitudes."""
+    ties = torch.zeros(40)
+    # amax 127 gives scale 1.0 exactly, so x * scale hits .5 ties: half-to-even gives 62, -62, 0, 2, 2.
+    ties[:8] = torch.tensor([127.0, 62.5, -62.5, 0.5, 1.5, 2.5, -0.5, -1.5])
+    zero = torch.zeros(40)
+    huge = torch.linspace(-3e4, 3e4, 40)
+    tiny = torch.linspace(-1e-7, 1e-7, 40)  # amax below QUANT_EPS: the floor of the scale applies
+    return torch.stack([ties, zero, huge, tiny])
+
+
+def test_reference_rounds_half_to_even() -> None:
+    q = int8_activation(special_rows()[:1])[0, :8]
+    assert q.tolist() == [127.0, 62.0, -62.0, 0.0, 2.0, 2.0, 0.0, -2.0]
+    w = torch.tensor([[0.5, -0.5, 1.5, -1.5], [1.0, -1.0, 1.0, -1.0]])  # mean |w| = 1: 0.5 is a tie
+    assert ternary_weight(w).tolist() == [[0.0, 0.0, 1.0, -1.0], [1.0, -1.0, 1.0, -1.0]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_quantiser_matches_reference(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    random = torch.randn(37, 40, generator=gen) * torch.logspace(-2, 2, 37).unsqueeze(1)
+    # 41 rows (not a multiple of the rows per program) of width 40 (not a power of two).
+    x = torch.cat([random, special_rows()]).to(DEVICE, dtype)
+    x_q = kb.act_quant(x)
+    assert x_q.dtype == dtype and x_q.shape == x.shape
+    assert torch.equal(x_q, int8_activation(x))
+    x_3d = x[:40].reshape(2, 20, 40)  # leading dims are flattened into rows
+    assert torch.equal(kb.act_quant(x_3d), int8_activation(x_3d))
+    # 8-bit: every row holds at most 256 distinct multiples of its step amax / 127.
+    assert all(row.unique().numel() <= 256 for row in x_q)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(24, 40), (96, 200)])
+def test_weight_quantiser_matches_reference(dtype: torch.dtype, shape: tuple[int, int]) -> None:
+    w = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 0.02).to(DEVICE, dtype)
+    w_q = kb.weight_quant(w)
+    assert w_q.dtype == dtype and w_q.shape == w.shape
+    assert torch.equal(w_q, ternary_weight(w))
+    scale = absmean_scale(w).to(dtype)
+    assert set(w_q.unique().tolist()) == {-scale.item(), 0.0, scale.item()}
+
+
+def test_weight_quantiser_ties_and_many_partial_sums(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small tiles force several partial sums and a ragged last one, so the cross-program reduction runs.
+    monkeypatch.setattr(kb, "_W_TILE", 16)
+    w = torch.tensor([0.5, -0.5, 1.5, -1.5, 1.0, -1.0] * 15, device=DEVICE).reshape(10, 9)  # mean |w| = 1
+    w_q = kb.weight_quant(w)
+    assert torch.equal(w_q, ternary_weight(w))
+    assert w_q[0, :4].tolist() == [0.0, 0.0, 1.0, -1.0]  # 0.5 ties round to even (0)
+    zero = torch.zeros(5, 7, device=DEVICE)
+    assert torch.equal(kb.weight_quant(zero), zero)  # QUANT_EPS keeps an all-zero matrix at zero
+
+
+def test_nan_is_never_quantised_away() -> None:
+    x = torch.randn(3, 16, device=DEVICE)
+    x[1, 5] = float("nan")
+    x_q = kb.act_quant(x)
+    assert x_q[1].isnan().all() and not x_q[[0, 2]].isnan().any()  # the whole row, like the reference
+    assert torch.equal(x_q.isnan(), int8_activation(x).isnan())
+    w = torch.randn(8, 16, device=DEVICE)
+    w[2, 3] = float("nan")
+    assert kb.weight_quant(w).isnan().all() and ternary_weight(w).isnan().all()
+
+
+def test_straight_through_gradients() -> None:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 5, 24, generator=gen).to(DEVICE).requires_grad_()
+    w = (torch.randn(16, 24, generator=gen) * 0.1).to(DEVICE).requires_grad_()
+    grad_x, grad_w = torch.randn(2, 5, 24, generator=gen).to(DEVICE), torch.randn(16, 24, generator=gen).to(DEVICE)
+    for quant in (kb.triton_impl, bitnet_quant_reference):
+        x.grad = w.grad = None
+        x_q, w_q = quant(x, w)
+        torch.autograd.backward((x_q, w_q), (grad_x, grad_w))
+        assert torch.equal(x.grad, grad_x) and torch.equal(w.grad, grad_w), quant
+
+    # Through a BitLinear forward, both quantisers give the same output and the same gradients.
+    results = []
+    for quant in (kb.triton_impl, bitnet_quant_reference):
+        x.grad = w.grad = None
+        x_q, w_q = quant(x, w)
+        y = F.linear(x_q, w_q)
+        y.square().sum().backward()
+        results.append((y.detach(), x.grad.clone(), w.grad.clone()))
+    for ours, ref in zip(*results, strict=True):
+        assert torch.equal(ours, ref)
+
+
+def test_prequantized_weight_passes_through() -> None:
+    w = ternary_weight(torch.randn(8, 16, device=DEVICE))
+    for quant in (kb.triton_impl, bitnet_quant_reference):
+        _, w_q = quant(torch.randn(2, 16, device=DEVICE), w, True)
+        assert w_q is w
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def bitnet_model(n_layer: int = 4) -> SigmaLM:
+    """The ``tiny`` preset (optionally fewer layers) with BitNet on, seeded."""
+    cfg = from_preset("tiny", vocab_size=VOCAB, max_seq_len=SEQ)
+    cfg.bitnet, cfg.n_layer = True, n_layer
+    torch.manual_seed(0)
+    return SigmaLM(cfg.validate())
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=torch.Generator().manual_seed(3))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def optimizers(model: SigmaLM):  # noqa: ANN201 (OptimizerPair)
+    return build_optimizers(model, lr=3e-3, muon_lr=0.02, weight_decay=0.0, betas=(0.9, 0.95),
+                            c3o_state_dtype=torch.float32, c3o_cautious=True, muon_momentum=0.95, ns_steps=5)  # fmt: skip
+
+
+def train(model: SigmaLM, steps: int) -> list[float]:
+    pair, (idx, targets) = optimizers(model), batch()
+    device = model.embed_tokens.weight.device
+    losses = []
+    for _ in range(steps):
+        loss = model(idx.to(device), targets.to(device))
+        loss.backward()
+        pair.step()
+        pair.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[SigmaLM, list[float]]:
+    model = bitnet_model(n_layer=2)
+    return model, train(model, 15)
+
+
+def test_every_block_linear_is_bitlinear_and_muon_owns_them() -> None:
+    model = bitnet_model()
+    bit = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, BitLinear)}
+    assert len(bit) == 7 * model.cfg.n_layer  # q, k, v, o, gate, up, down
+    assert not isinstance(model.lm_head, BitLinear)  # embedding, head and norms stay full precision
+    roles = model.param_roles()
+    assert {name for name, role in roles.items() if role == "matrix"} == bit
+    assert {name for name, _ in split_params(model).muon} == bit
+    pair = optimizers(model)
+    assert pair.muon is not None and sum(len(g["params"]) for g in pair.muon.param_groups) == len(bit)
+
+
+def test_tiny_bitnet_model_learns(trained: tuple[SigmaLM, list[float]]) -> None:
+    _, losses = trained
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_model_with_triton_quantiser_trains_identically() -> None:
+    # One layer: the interpreter takes ~0.1 s per launch.
+    reference_model, triton_model = bitnet_model(n_layer=1).to(DEVICE), bitnet_model(n_layer=1).to(DEVICE)
+    triton_model.use_kernels(bitnet_quant=kb.triton_impl)
+    assert train(triton_model, 2) == train(reference_model, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_export_round_trip_reproduces_the_quantised_forward(
+    trained: tuple[SigmaLM, list[float]], tmp_path: Path, dtype: torch.dtype
+) -> None:
+    model, _ = trained
+    export_hf(model, tmp_path, dtype=dtype)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    block = [t for name, t in tensors.items() if name.endswith("_proj.weight")]
+    assert len(block) == 7 * model.cfg.n_layer
+    for t in block:  # ternary-valued: {-s, 0, s}
+        values = t.unique()
+        assert values.numel() <= 3 and torch.equal(values, -values.flip(0)), values
+
+    loaded = load_hf(tmp_path, dtype=dtype)
+    assert loaded.cfg.bitnet and all(m.prequantized for m in loaded.modules() if isinstance(m, BitLinear))
+    idx, _ = batch()
+    with torch.no_grad():
+        expected, actual = model(idx), loaded(idx)
+    if dtype == torch.float32:
+        assert torch.equal(actual, expected)  # the exported weights are exactly the forward's W_q
+    else:
+        # bf16 weights and a bf16 forward: logits within bf16 noise of the fp32 quantised forward.
+        torch.testing.assert_close(actual, expected, atol=0.15, rtol=0.05)
+        assert (actual.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+    assert BITNET_KEY in (tmp_path / "config.json").read_text()
+
+
+@pytest.mark.slow  # ~25 s of inductor compilation on a 2-core CPU
+def test_bitlinear_compiles_on_cpu_reference_path() -> None:
+    torch.manual_seed(4)
+    layer = BitLinear(32, 24)
+    x = torch.randn(2, 6, 32, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True)
+    y_eager, y_compiled = layer(x), compiled(x)
+    # Inductor may reorder the fp32 arithmetic (e.g. the reciprocal), so allow a quantisation step.
+    torch.testing.assert_close(y_compiled, y_eager, atol=1e-2, rtol=1e-2)
+    (g_eager,) = torch.autograd.grad(y_eager.sum(), x)
+    (g_compiled,) = torch.autograd.grad(y_compiled.sum(), x)
+    torch.testing.assert_close(g_compiled, g_eager)
+
+
+def test_bench_cases_cover_the_block_linears() -> None:
+    cases = kb.bench_cases("tiny")
+    shapes = set()
+    for case in cases:
+        assert {"name", "make_inputs", "triton", "reference", "backward"} <= set(case)
+        x, w = case["make_inputs"]("cpu")
+        assert x.shape[:2] == (32, 2048) and x.dtype == w.dtype == torch.bfloat16 and x.requires_grad
+        assert x.shape[-1] == w.shape[1]
+        shapes.add(tuple(w.shape))
+    cfg = from_preset("tiny", vocab_size=VOCAB, max_seq_len=SEQ)
+    model_shapes = {tuple(m.weight.shape) for m in SigmaLM(cfg).layers.modules() if isinstance(m, torch.nn.Linear)}
+    assert shapes == model_shapes and len(cases) == len(shapes)

@@ -1,5 +1,6 @@
 """GPU tests of the optimizer stack: Triton Newton–Schulz vs the reference at the 124M shapes, the
-sync-free ok-guard under ``torch.cuda.set_sync_debug_mode("error")``, and the compiled C3O update.
+sync-free ok-guard under ``torch.cuda.set_sync_debug_mode("error")``, and the compiled elementwise
+updates (``build_optimizers(compile=True)``).
 
 Skipped without CUDA. Run on the GPU machine:
     python -m pytest -q tests/test_gpu_optim.py
@@ -166,17 +167,22 @@ def test_skipped_step_is_bit_identical_on_gpu(triton: bool, compile: bool) -> No
         assert torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8))
 
 
-def test_compiled_c3o_matches_eager() -> None:
-    """Same hashed noise and maths; only fp32 rounding inside the fused kernel may differ."""
+def test_compiled_optimizers_match_eager() -> None:
+    """compile=True: same maths and hashed noise; only where intermediates round (fp32 vs bf16) differs.
+
+    With bf16 parameters an update near half an ulp rounds either way, so compare what the three
+    steps moved each tensor by: a wrong scale or sign would be off by ~100%, rounding by a few %.
+    """
     eager_model, eager = _model_and_pair(triton=False, compile=False)
     compiled_model = copy.deepcopy(eager_model)
     compiled = build_optimizers(
         compiled_model, lr=3e-3, muon_lr=0.02, weight_decay=0.1, betas=(0.9, 0.95),
         c3o_state_dtype=torch.bfloat16, c3o_cautious=True, muon_momentum=0.95, ns_steps=5, compile=True,
     )  # fmt: skip
+    start = [p.detach().float().clone() for p in eager_model.parameters()]
     for step in range(3):
         for model, pair in ((eager_model, eager), (compiled_model, compiled)):
             _grads(model, step)
             pair.step()
-    for a, b in zip(eager_model.parameters(), compiled_model.parameters(), strict=True):
-        torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-3)
+    for w, a, b in zip(start, eager_model.parameters(), compiled_model.parameters(), strict=True):
+        assert rel_err(b.float() - w, a.float() - w) < 0.1

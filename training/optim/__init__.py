@@ -142,7 +142,8 @@ def build_optimizers(
     ``lr``/``betas``/``eps``/``c3o_*`` configure C3O; ``muon_*``/``ns_steps``/``ns_coefficients``
     (``"muon"`` | ``"polar_express"``, :func:`ns_coefficient_set`)/``adjust_lr_fn``/``ns_fn`` (the
     orthogonalization kernel, e.g. the Triton one) configure Muon; ``seed`` seeds C3O's stochastic
-    rounding; ``compile`` runs C3O's bucket update through ``torch.compile`` (use it on CUDA).
+    rounding; ``compile`` runs the elementwise parts of both optimizers through ``torch.compile``
+    (use it on CUDA; on the CPU the eager path is the tested one).
     Weight decay per the module docstring. The split summary is ``pair.split.summary`` (log it at
     start-up). ``use_muon=False`` (``--optimizer c3o``) sends the block matrices to C3O as well,
     decayed like the head.
@@ -160,6 +161,7 @@ def build_optimizers(
             ns_coefficients=ns_coefficient_set(ns_coefficients),
             adjust_lr_fn=adjust_lr_fn,
             ns_fn=ns_fn,
+            compile=compile,
         )
 
     decay = [p for name, p in split.c3o if split.roles[name] in _DECAYED_C3O_ROLES]

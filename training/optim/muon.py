@@ -70,6 +70,34 @@ class _Bucket:
     momentum: Tensor
 
 
+def _fused_momentum(
+    grads: list[Tensor], buf: Tensor, ok: Tensor | None, momentum: Tensor, *, nesterov: bool
+) -> Tensor:
+    """``compile=True`` form of the momentum part of :meth:`Muon.step` for one bucket: returns the update.
+
+    The same maths and gates as the eager path, written as arithmetic on explicit fp32 upcasts:
+    ``momentum`` is a 0-dim fp32 device tensor (the schedule changes it every step; a Python float
+    would recompile), and mixed with bf16 operands type promotion would round it to bf16 first. Inductor
+    fuses stack, select, both lerps and the zeroing into one pass over the bucket.
+    """
+    grad = torch.stack(grads)
+    if ok is not None:
+        grad = torch.where(ok, grad, buf)  # skipped: buf + w * (buf - buf) == buf exactly
+    g32, b32 = grad.float(), buf.float()
+    b32 = b32 + (1 - momentum) * (g32 - b32)
+    buf.copy_(b32)
+    update = (g32 + momentum * (b32 - g32)).to(buf.dtype) if nesterov else buf
+    if ok is not None:
+        update = torch.where(ok, update, 0)
+    return update
+
+
+def _fused_apply(params: list[Tensor], ortho: Tensor, decay: Tensor, alpha: Tensor) -> None:
+    """``compile=True`` form of the parameter update, ``p <- p * decay + alpha * O``, in fp32 per element."""
+    new = [p.float() * decay + o.float() * alpha for p, o in zip(params, ortho.unbind(0), strict=True)]
+    torch._foreach_copy_(params, new)
+
+
 class Muon(torch.optim.Optimizer):
     """Muon (momentum + Newton–Schulz orthogonalized update) for 2-D parameters.
 
@@ -79,6 +107,9 @@ class Muon(torch.optim.Optimizer):
     per-step sequence of triples (Polar Express, :func:`~training.optim.newton_schulz.ns_coefficient_set`).
     ``ns_fn``: the orthogonalization kernel, ``fn(G_BMN, steps=, coefficients=, eps=) -> Tensor`` on a
     batch of same-shape matrices; defaults to the bf16 PyTorch reference. Not part of the state dict.
+    ``compile``: run the elementwise parts (momentum, parameter update) through ``torch.compile``
+    (:func:`_fused_momentum`, :func:`_fused_apply`; for CUDA): fewer passes over the stacked buckets,
+    fp32 intermediates, so not bit-identical to ``torch.optim.Muon``.
     """
 
     def __init__(
@@ -94,6 +125,7 @@ class Muon(torch.optim.Optimizer):
         adjust_lr_fn: str | None = None,
         *,
         ns_fn: NSFn | None = None,
+        compile: bool = False,
     ) -> None:
         if lr < 0.0:
             raise ValueError(f"Muon lr must be >= 0; got {lr}")
@@ -128,6 +160,14 @@ class Muon(torch.optim.Optimizer):
                 if torch.is_complex(p):
                     raise ValueError("Muon does not support complex parameters")
         self.ns_fn: NSFn = ns_fn if ns_fn is not None else zeropower_via_newtonschulz
+        self._fused = (
+            (
+                torch.compile(_fused_momentum, fullgraph=True, dynamic=False),
+                torch.compile(_fused_apply, fullgraph=True, dynamic=False),
+            )
+            if compile
+            else None
+        )
         # param-group index -> (ids of the params that had gradients, their buckets); rebuilt when that
         # set changes or a state dict is loaded.
         self._buckets: dict[int, tuple[tuple[int, ...], list[_Bucket]]] = {}
@@ -212,6 +252,10 @@ class Muon(torch.optim.Optimizer):
                     raise RuntimeError("Muon does not support sparse gradients")
             for bucket in self._group_buckets(index, params):
                 buf = bucket.momentum
+                alpha = -adjust_lr(lr, group["adjust_lr_fn"], bucket.params[0].shape)
+                if self._fused is not None:
+                    self._fused_step(bucket, group, ok, 1 - lr * weight_decay, alpha)
+                    continue
                 grad = torch.stack([p.grad for p in bucket.params])  # (B, m, n): the one copy per step
                 if ok is not None:
                     grad = torch.where(ok, grad, buf)
@@ -220,7 +264,6 @@ class Muon(torch.optim.Optimizer):
                 if ok is not None:
                     update = torch.where(ok, update, 0)
                 ortho = self.orthogonalize(update, group).unbind(0)
-                alpha = -adjust_lr(lr, group["adjust_lr_fn"], bucket.params[0].shape)
                 # The decay factor as a 1-element fp32 tensor, not a Python scalar: _foreach_mul_ with a
                 # scalar rounds it to the parameters' dtype on the CPU (bf16: 0.998 -> 0.996, twice the
                 # decay), and a 0-dim tensor would be rounded the same way by type promotion. Shape (1,)
@@ -232,3 +275,19 @@ class Muon(torch.optim.Optimizer):
                 torch._foreach_mul_(bucket.params, [decay] * len(bucket.params))
                 torch._foreach_add_(bucket.params, ortho, alpha=alpha)
         return loss
+
+    def _fused_step(
+        self, bucket: _Bucket, group: dict, ok: Tensor | None, decay: float, alpha: float
+    ) -> None:
+        """One bucket's step with the compiled elementwise parts; the schedule's scalars as device tensors."""
+        momentum_fn, apply_fn = self._fused  # type: ignore[misc]
+        device = bucket.momentum.device
+        momentum = torch.full((), group["momentum"], dtype=torch.float32, device=device)
+        update = momentum_fn(
+            [p.grad for p in bucket.params], bucket.momentum, ok, momentum, nesterov=group["nesterov"]
+        )
+        ortho = self.orthogonalize(update, group)
+        decay_t = torch.full((), decay, dtype=torch.float32, device=device)
+        if ok is not None:
+            decay_t = decay_t.where(ok, 1.0)  # the update is already zero when not ok
+        apply_fn(bucket.params, ortho, decay_t, torch.full((), alpha, dtype=torch.float32, device=device))

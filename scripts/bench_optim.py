@@ -12,10 +12,11 @@ CUDA events; the table shows the median over all calls and the spread of the per
 
 Variants:
   ours ns=torch|triton        Muon (stacked buckets, Newton-Schulz reference or Triton kernel) + C3O
-                              (bf16 state, cautious, bucket update through torch.compile on CUDA)
+                              (bf16 state, cautious); on CUDA the elementwise parts of both through
+                              torch.compile (build_optimizers(compile=True))
   ours ns=compiled            the Newton-Schulz reference under torch.compile
   ... +ok                     the same with the sync-free guard: step(ok) with ok a device tensor
-  ours c3o=eager              C3O's bucket update without torch.compile (what --compile off runs)
+  ours ns=torch eager         no torch.compile anywhere in the optimizer (what --compile off runs)
   torch Muon + fused AdamW    torch.optim.Muon (one matrix at a time) on the block matrices,
                               torch.optim.AdamW(fused=True) on the rest
   fused AdamW (all)           torch.optim.AdamW(fused=True) on every parameter
@@ -100,7 +101,7 @@ def variants(device: torch.device) -> dict[str, Callable[[SigmaLM], Callable[[],
         table[f"ours ns={ns} +ok"] = ours(ns, guard=True, compile=on_cuda)
     if on_cuda:
         table["ours ns=compiled"] = ours("compiled", guard=False, compile=True)
-        table["ours ns=torch c3o=eager"] = ours("torch", guard=False, compile=False)
+        table["ours ns=torch eager"] = ours("torch", guard=False, compile=False)
     table["torch Muon + fused AdamW"] = torch_muon_adamw
     table["fused AdamW (all)"] = fused_adamw
     return table

@@ -187,7 +187,12 @@ def test_model_with_triton_quantiser_trains_identically() -> None:
     # One layer: the interpreter takes ~0.1 s per launch.
     reference_model, triton_model = bitnet_model(n_layer=1).to(DEVICE), bitnet_model(n_layer=1).to(DEVICE)
     triton_model.use_kernels(bitnet_quant=kb.triton_impl)
-    assert train(triton_model, 2) == train(reference_model, 2)
+    triton_losses, reference_losses = train(triton_model, 2), train(reference_model, 2)
+    if DEVICE == "cpu":
+        assert triton_losses == reference_losses
+    else:  # CUDA's attention backward accumulates with atomics: step 2 may move in the last bits
+        assert triton_losses[0] == reference_losses[0]
+        torch.testing.assert_close(triton_losses, reference_losses, rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -211,10 +216,26 @@ def test_export_round_trip_reproduces_the_quantised_forward(
     if dtype == torch.float32:
         assert torch.equal(actual, expected)  # the exported weights are exactly the forward's W_q
     else:
-        # bf16 weights and a bf16 forward: logits within bf16 noise of the fp32 quantised forward.
-        torch.testing.assert_close(actual, expected, atol=0.15, rtol=0.05)
-        assert (actual.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+        # bf16 weights (scale rounded to bf16) and a bf16 forward: within bf16 noise (0.7 % measured).
+        assert (actual - expected).norm() / expected.norm() < 0.02
+        assert (actual.argmax(-1) == expected.argmax(-1)).float().mean() > 0.95
     assert BITNET_KEY in (tmp_path / "config.json").read_text()
+
+
+def test_stock_transformers_runs_the_export_without_activation_quantisation(
+    trained: tuple[SigmaLM, list[float]], tmp_path: Path
+) -> None:
+    """Stock Qwen3 multiplies by the same ternary weights but skips the 8-bit activation rounding, so its
+    logits are close to, not equal to, the quantised forward (0.5 % relative on this model)."""
+    transformers = pytest.importorskip("transformers")
+    model, _ = trained
+    export_hf(model, tmp_path)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    idx, _ = batch()
+    with torch.no_grad():
+        ours, theirs = model(idx), hf_model(input_ids=idx).logits
+    assert (theirs - ours).norm() / ours.norm() < 0.03
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.95
 
 
 @pytest.mark.slow  # ~25 s of inductor compilation on a 2-core CPU

@@ -225,8 +225,9 @@ def bench_cases(preset: str) -> list[dict]:
 
         return make_inputs
 
+    rows = _BENCH_TOKENS[0] * _BENCH_TOKENS[1]
     return [
-        {"name": f"bitnet_quant {preset} {'/'.join(names)} x{_BENCH_TOKENS[0]}x{_BENCH_TOKENS[1]}x{d_in} w{d_out}x{d_in}",
+        {"name": f"{'/'.join(names)} x({rows},{d_in}) w({d_out},{d_in})",
          "make_inputs": make_inputs_for(d_out, d_in), "triton": triton_impl, "reference": reference, "backward": True}
         for (d_out, d_in), names in names_by_shape.items()
     ]  # fmt: skip

@@ -59,7 +59,8 @@ def test_phase_updates_live_weights_and_reports_metrics(tiny, monkeypatch):
         assert torch.equal(rng, torch.get_rng_state())  # the pretraining RNG is untouched
         assert all(p.requires_grad and p.grad is None for p in model.parameters())
         for k in ("grpo_pass_rate", "grpo_mean_reward", "grpo_timeouts", "grpo_infra_failures",
-                  "grpo_executions_per_s", "grpo_accelerator", "grpo_phase_s", "grpo_heldout_pass_rate"):
+                  "grpo_executions_per_s", "grpo_accelerator", "grpo_phase_s", "grpo_heldout_pass_rate",
+                  "grpo_heldout_pass_rate_before", "grpo_completion_mean_length", "grpo_frac_reward_zero_std"):
             assert k in m
         assert m["grpo_executions"] == 8 and sum(calls) == 8
         json.dumps(m)

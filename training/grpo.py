@@ -294,6 +294,7 @@ class GRPOStage:
         try:
             trainer = self._build_trainer(hf, tasks, reward, phase)
             trainer.train()
+            rollout = _rollout_means(trainer.state.log_history)
             trained = trainer.model
             if cfg.lora_rank > 0:
                 trained = trained.merge_and_unload()  # folds the adapters into the shared base weights
@@ -326,7 +327,7 @@ class GRPOStage:
             "grpo_phase_s": time.perf_counter() - t_phase, "grpo_train_s": train_s, "grpo_view_s": view_s,
             "grpo_sandbox_isolation": self.pool.iso.mode, "grpo_network_cut": int(self.pool.iso.network_cut),
             **{f"grpo_errors_{k}": v for k, v in sorted(reward.kinds.items()) if k != "pass"},
-            **before, **heldout,
+            **rollout, **before, **heldout,
         }
         return out
 
@@ -406,6 +407,28 @@ class GRPOStage:
 
     def close(self) -> None:
         self.pool.close()
+
+
+# TRL's per-step rollout statistics worth keeping per phase: how long the answers are, how many hit
+# the length limit (a cut-off answer rarely passes), and how many groups had no reward spread (no
+# advantage, nothing learnt from them).
+_ROLLOUT_KEYS = {"completions/mean_length": "grpo_completion_mean_length",
+                 "completions/clipped_ratio": "grpo_completion_clipped_ratio",
+                 "frac_reward_zero_std": "grpo_frac_reward_zero_std"}
+
+
+def _rollout_means(log_history: list[dict]) -> dict:
+    """Means over the phase of `_ROLLOUT_KEYS` in TRL's log history (absent keys are skipped).
+
+    TRL averages its metrics over each logging window; with `logging_steps` = the phase's steps there
+    is one window, so this is that window's value (or the mean of windows if TRL logs more often).
+    """
+    out = {}
+    for trl_key, key in _ROLLOUT_KEYS.items():
+        values = [float(h[trl_key]) for h in log_history if trl_key in h]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
 
 
 def _import_trl(accelerator: str, device) -> str:

@@ -17,8 +17,11 @@ Knobs chosen for a 135M instruct model that already solves about half of the dif
 8 completions for each of 8 tasks per step (groups of 8 rarely all pass or all fail, so most carry
 an advantage), completions up to 192 tokens (an answer is a ~60-token function plus some prose),
 temperature 0.8, full weights in fp32 (`--hardware-profile fp32`: bf16 weights would round AdamW's
-5e-6 steps away), no KL term. Measured budget on an H100 is ~5 s per GRPO step; the defaults (2 x 15
-steps, 160 held-out tasks) aim at about 6 minutes including start-up and conversion.
+5e-6 steps away), no KL term. Time, estimated before any GPU run (transformers' eager generate on a
+30-layer model: ~25-30 ms per decoded token, so ~6 s per step of 64 completions): 2 x 15 steps plus
+three evaluations of 160 tasks plus two start-ups and the conversion, about 6 minutes; see
+`phase_s` and the `*_s` fields of summary.json for what it really took, and lower
+`--steps-per-phase` if it runs long.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 instruct-model prompts and answers, and a resumed run that continues identically."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -151,11 +152,12 @@ def test_hf_tokenizer_takes_the_folders_special_tokens_and_template(tmp_path):
     assert plain.eos_token == "<|endoftext|>" and plain.chat_template is None
     fast = hf_tokenizer(tok, folder)
     assert (fast.eos_token, fast.pad_token, fast.eos_token_id) == ("<|im_end|>", "<|im_end|>", 2)
+    assert hf_tokenizer(tok, folder / "tokenizer.json").chat_template == CHAT_TEMPLATE  # --tokenizer FILE
     text = fast.apply_chat_template([{"role": "user", "content": "1 a"}], tokenize=False, add_generation_prompt=True)
     assert text == "<|im_start|>user\n1 a<|im_end|>\n<|im_start|>assistant\n"
     config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|eot|>"}))
-    with pytest.raises(ValueError, match="eos_token '<|eot|>' is not in the tokenizer's vocabulary"):
+    with pytest.raises(ValueError, match=re.escape("eos_token '<|eot|>' is not in the tokenizer's vocabulary")):
         hf_tokenizer(tok, folder)
 
 
@@ -171,8 +173,8 @@ def test_hf_view_of_a_model_without_qk_norm_is_llama():
     torch.testing.assert_close(hf(x).logits, model(x))
 
 
-def test_chat_prompts_reach_trl_and_the_evaluation(tmp_path, monkeypatch):
-    """The stage hands TRL conversations and renders the held-out prompts with the same template."""
+def test_stage_prompts_and_evaluates_in_chat_form(tmp_path, monkeypatch):
+    """Training prompts are conversations (TRL renders them); held-out prompts go through the same template."""
     folder = write_chat_llama(tmp_path / "m")
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     cfg = GRPOStageConfig(enabled=True, eval_tasks=2, max_completion_length=4, sandbox_workers=1)

@@ -136,9 +136,10 @@ def hf_tokenizer(tok, folder: str | os.PathLike | None = None):
     """A transformers fast tokenizer over the run's `tokenizers.Tokenizer` (same ids).
 
     Special tokens default to eco_train's own (`<|endoftext|>` ends a sequence). With `folder` (the
-    --tokenizer or --init-from folder of a pretrained model) its tokenizer_config.json names them
-    instead and its chat template (chat_template.jinja, or the config's `chat_template`) is attached:
-    an instruct model such as SmolLM2 ends a turn with `<|im_end|>`, never `<|endoftext|>`.
+    --tokenizer folder of a pretrained model, or a tokenizer.json in it) the folder's
+    tokenizer_config.json names them instead and its chat template (chat_template.jinja, or the
+    config's `chat_template`) is attached: an instruct model such as SmolLM2 ends a turn with
+    `<|im_end|>`, never `<|endoftext|>`.
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -149,8 +150,8 @@ def hf_tokenizer(tok, folder: str | os.PathLike | None = None):
     pad = PAD_TOKEN if tok.token_to_id(PAD_TOKEN) is not None else EOS_TOKEN
     specials = {"eos_token": EOS_TOKEN, "pad_token": pad, "bos_token": EOS_TOKEN}
     template = None
-    if folder is not None and Path(folder).is_dir():
-        folder = Path(folder)
+    if folder is not None:
+        folder = Path(folder) if Path(folder).is_dir() else Path(folder).parent  # --tokenizer DIR/tokenizer.json
         config_file = folder / "tokenizer_config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
@@ -280,7 +281,7 @@ class GRPOStage:
         cfg, phase = self.cfg, self.state.phases
         before = {}
         if phase == 0 and cfg.eval_tasks:
-            before = {f"{k}_before": v for k, v in self.evaluate(model).items() if k == "grpo_heldout_pass_rate"}
+            before = {"grpo_heldout_pass_rate_before": self.evaluate(model)["grpo_heldout_pass_rate"]}
         rng_saved = _get_rng()
         was_training = model.training
         grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}

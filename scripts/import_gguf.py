@@ -49,9 +49,9 @@ DTYPES = ("bfloat16", "float16", "float32")
 def reassemble(parts: list[str], dest: Path) -> Path:
     """Concatenate `parts` (a single quoted glob is expanded and sorted) into `dest`; check the magic."""
     if len(parts) == 1 and any(c in parts[0] for c in "*?["):
-        parts = sorted(glob.glob(parts[0]))
+        pattern, parts = parts[0], sorted(glob.glob(parts[0]))
         if not parts:
-            raise SystemExit(f"import_gguf: --parts glob matched no file; fix: check the path ({dest.name})")
+            raise SystemExit(f"import_gguf: --parts {pattern!r} matched no file; fix: check the path")
     missing = [p for p in parts if not Path(p).is_file()]
     if missing:
         raise SystemExit(f"import_gguf: --parts {missing} do not exist")

@@ -201,3 +201,29 @@ def test_llama_features_sigmalm_lacks_are_rejected(change: dict, message: str) -
                                    head_dim=16, max_seq_len=16, qk_norm=False))
     with pytest.raises(ValueError, match=message):
         config_from_hf({**cfg, **change})
+
+
+# ---------------------------------------------------------------------- scripts/import_gguf.py (no gguf needed)
+
+
+def test_import_gguf_reassembles_split_parts_in_order(tmp_path: Path) -> None:
+    from scripts.import_gguf import reassemble
+
+    blob = b"GGUF" + bytes(range(256)) * 40
+    for i, start in enumerate(range(0, len(blob), 3000)):  # like `split -b 3000 model.gguf part_`
+        (tmp_path / f"part_a{chr(97 + i)}").write_bytes(blob[start:start + 3000])
+    out = reassemble([str(tmp_path / "part_*")], tmp_path / "joined.gguf")
+    assert out.read_bytes() == blob
+    with pytest.raises(SystemExit, match="out of order or incomplete"):
+        reassemble([str(tmp_path / "part_ab"), str(tmp_path / "part_aa")], tmp_path / "wrong.gguf")
+    with pytest.raises(SystemExit, match="matched no file"):
+        reassemble([str(tmp_path / "nothing_*")], tmp_path / "none.gguf")
+
+
+def test_import_gguf_without_the_gguf_package_says_how_to_fix(tmp_path: Path, monkeypatch) -> None:
+    import scripts.import_gguf as import_gguf
+
+    real = import_gguf.importlib.util.find_spec
+    monkeypatch.setattr(import_gguf.importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name))
+    with pytest.raises(SystemExit, match=r"pip install gguf==0\.19\.0"):
+        import_gguf.main([str(tmp_path / "model.gguf"), "--out", str(tmp_path / "out")])

@@ -87,3 +87,21 @@ class BitLinear(nn.Linear):
     def export_weight(self) -> torch.Tensor:
         """The weight the forward multiplies by: ternary-valued (``{-s, 0, s}``)."""
         return self.weight if self.prequantized else ternary_weight(self.weight)
+
+    @torch.no_grad()
+    def make_trainable_(self) -> "BitLinear":
+        """Turn prequantized (exported, ternary-valued) weights back into latent weights, in place.
+
+        Training a prequantized layer would update weights that the forward no longer quantises, and
+        simply clearing ``prequantized`` re-quantises ``{-s, 0, s}`` to ``{-s * p, 0, s * p}`` (``p``
+        the fraction of nonzeros, since the absmean of ternary values is ``s * p``). Dividing by ``p``
+        first makes the absmean ``s`` again, so the quantised forward is unchanged up to the last bit
+        of the scale (which can flip a rare int8 activation tie downstream: logits move ~1e-4
+        relative) and training continues from the exported model. Returns ``self``.
+        """
+        if self.prequantized:
+            nonzero = (self.weight != 0).float().mean()  # a host sync: this runs once, at load time
+            if nonzero > 0:  # an all-zero matrix stays zero either way
+                self.weight.copy_(self.weight.float() / nonzero)
+            self.prequantized = False
+        return self

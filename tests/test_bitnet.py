@@ -222,6 +222,27 @@ def test_export_round_trip_reproduces_the_quantised_forward(
     assert BITNET_KEY in (tmp_path / "config.json").read_text()
 
 
+def test_training_continues_from_an_export(trained: tuple[SigmaLM, list[float]], tmp_path: Path) -> None:
+    model, _ = trained
+    export_hf(model, tmp_path)
+    loaded = load_hf(tmp_path)
+    idx, targets = batch()
+    with torch.no_grad():
+        exported_logits = loaded(idx)
+    for module in loaded.modules():
+        if isinstance(module, BitLinear):
+            module.make_trainable_()
+    assert not any(m.prequantized for m in loaded.modules() if isinstance(m, BitLinear))
+    with torch.no_grad():
+        latent_logits = loaded(idx)
+    # The same forward up to the last bit of each scale, which can flip a rare int8 activation tie.
+    assert (latent_logits - exported_logits).norm() / exported_logits.norm() < 1e-3
+    with torch.no_grad():
+        trained_loss = model(idx, targets).item()
+    resumed = train(loaded, 3)
+    assert resumed[0] == pytest.approx(trained_loss, rel=1e-3) and resumed[-1] < resumed[0]
+
+
 def test_stock_transformers_runs_the_export_without_activation_quantisation(
     trained: tuple[SigmaLM, list[float]], tmp_path: Path
 ) -> None:

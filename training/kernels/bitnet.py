@@ -82,10 +82,10 @@ def _act_quant_kernel(x_ptr, out_ptr, M, D, EPS: tl.constexpr, ROWS: tl.constexp
     mask = (rows[:, None] < M) & (cols[None, :] < D)
     offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    # tl.max drops NaN; torch's amax keeps it, and then the whole row comes out NaN. A max-reduce with a
-    # NaN-propagating combine function would do, but the interpreter runs those element by element.
-    row_has_nan = tl.max((x != x).to(tl.int32), axis=1, keep_dims=True) > 0
-    amax = tl.where(row_has_nan, float("nan"), tl.max(tl.abs(x), axis=1, keep_dims=True))
+    # tl.max drops NaN, where torch's amax keeps it and the whole row comes out NaN. Counting NaN as
+    # inf gives that same all-NaN row in one reduction: scale 127 / inf = 0, then q / 0 = 0 / 0 = NaN
+    # (an inf row goes the same way in the reference).
+    amax = tl.max(tl.where(x == x, tl.abs(x), float("inf")), axis=1, keep_dims=True)
     scale = _div(tl.full([ROWS, 1], 1.0, tl.float32), tl.maximum(amax, EPS, propagate_nan=tl.PropagateNan.ALL)) * 127.0
     q = _clamp(_round_half_even(x * scale), -128.0, 127.0)
     tl.store(out_ptr + offsets, _div(q, scale).to(out_ptr.dtype.element_ty), mask=mask)

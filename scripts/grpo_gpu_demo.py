@@ -27,7 +27,7 @@ three evaluations of 160 tasks plus two start-ups and the conversion, about 6 mi
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -37,15 +37,21 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-NEEDED = ("torch", "transformers", "trl", "datasets", "peft", "accelerate", "gguf")
+# What the GRPO stage and the conversion import beyond a plain torch + transformers machine.
+NEEDED = ("trl", "datasets", "peft", "accelerate", "gguf")
 
 
 def preflight(device: str) -> None:
-    """Fail in seconds, naming what is missing, rather than minutes into the run."""
-    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
-    if missing:
-        raise SystemExit(f"grpo_gpu_demo: missing Python packages {missing}; fix: pip install --no-deps the "
-                         "wheels listed in the GRPO report (trl, datasets, dill, multiprocess, gguf)")
+    """Fail in seconds, naming what is missing (a dependency of a dependency too), not minutes into the run."""
+    failures = []
+    for name in NEEDED:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:  # e.name is the module really missing, e.g. requests under datasets
+            failures.append(f"{name} ({e.name or e})")
+    if failures:
+        raise SystemExit(f"grpo_gpu_demo: cannot import {', '.join(failures)}; fix: pip install --no-deps the wheels "
+                         "listed in the GRPO report (trl, datasets, dill, multiprocess, gguf; requests if named)")
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():

@@ -365,7 +365,7 @@ class GRPOStage:
         return GRPOTrainer(model=hf, reward_funcs=[reward], args=args, train_dataset=ds,
                            processing_class=self.tokenizer, peft_config=peft_config)
 
-    def evaluate(self, model, *, batch: int = 32) -> dict:
+    def evaluate(self, model, *, batch: int = 64) -> dict:
         """Greedy completions of the held-out tasks (through the HF view: KV cache, stops at EOS),
         prompted as in training, scored in the sandbox: `grpo_heldout_pass_rate`."""
         import torch
@@ -378,10 +378,10 @@ class GRPOStage:
         room = model.cfg.max_seq_len
         with torch.no_grad():
             for i in range(0, len(tasks), batch):
-                texts = [t.prompt for t in tasks[i:i + batch]]
-                if self.chat:  # the template writes the special tokens itself, as TRL's rendering does
-                    texts = [tok.apply_chat_template(self.prompt(t), tokenize=False, add_generation_prompt=True)
-                             for t in tasks[i:i + batch]]
+                chunk = tasks[i:i + batch]
+                # A template writes the special tokens itself, as TRL's rendering of the training prompts does.
+                texts = [tok.apply_chat_template(self.prompt(t), tokenize=False, add_generation_prompt=True)
+                         for t in chunk] if self.chat else [t.prompt for t in chunk]
                 enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat)
                 n_new = max(1, min(self.cfg.max_completion_length, room - enc["input_ids"].shape[1]))
                 enc = {k: v[:, -(room - n_new):].to(next(model.parameters()).device) for k, v in enc.items()}

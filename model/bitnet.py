@@ -56,7 +56,9 @@ def straight_through(x: torch.Tensor, x_quantized: torch.Tensor) -> torch.Tensor
     return (x - x.detach()) + x_quantized.detach()
 
 
-def bitnet_quant_reference(x: torch.Tensor, w: torch.Tensor, prequantized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def bitnet_quant_reference(
+    x: torch.Tensor, w: torch.Tensor, prequantized: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantised ``(x, w)`` for the forward with straight-through gradients for the backward.
 
     ``prequantized`` skips the weight quantiser (an exported model whose weights are already

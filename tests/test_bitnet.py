@@ -99,7 +99,10 @@ def test_straight_through_gradients() -> None:
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, 5, 24, generator=gen).to(DEVICE).requires_grad_()
     w = (torch.randn(16, 24, generator=gen) * 0.1).to(DEVICE).requires_grad_()
-    grad_x, grad_w = torch.randn(2, 5, 24, generator=gen).to(DEVICE), torch.randn(16, 24, generator=gen).to(DEVICE)
+    grad_x, grad_w = (
+        torch.randn(2, 5, 24, generator=gen).to(DEVICE),
+        torch.randn(16, 24, generator=gen).to(DEVICE),
+    )
     for quant in (kb.triton_impl, bitnet_quant_reference):
         x.grad = w.grad = None
         x_q, w_q = quant(x, w)
@@ -283,5 +286,7 @@ def test_bench_cases_cover_the_block_linears() -> None:
         assert x.shape[-1] == w.shape[1]
         shapes.add(tuple(w.shape))
     cfg = from_preset("tiny", vocab_size=VOCAB, max_seq_len=SEQ)
-    model_shapes = {tuple(m.weight.shape) for m in SigmaLM(cfg).layers.modules() if isinstance(m, torch.nn.Linear)}
+    model_shapes = {
+        tuple(m.weight.shape) for m in SigmaLM(cfg).layers.modules() if isinstance(m, torch.nn.Linear)
+    }
     assert shapes == model_shapes and len(cases) == len(shapes)

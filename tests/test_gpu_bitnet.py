@@ -97,7 +97,9 @@ def test_tiny_bitnet_model_trains_with_the_triton_quantiser() -> None:
     fwd = torch.compile(model, fullgraph=True)
     pair = build_optimizers(model, lr=3e-3, muon_lr=0.02, weight_decay=0.0, betas=(0.9, 0.95),
                             c3o_state_dtype=torch.bfloat16, c3o_cautious=True, muon_momentum=0.95, ns_steps=5)  # fmt: skip
-    tokens = torch.randint(0, cfg.vocab_size, (8, 65), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    tokens = torch.randint(
+        0, cfg.vocab_size, (8, 65), device="cuda", generator=torch.Generator("cuda").manual_seed(0)
+    )
     losses = []
     for _ in range(20):
         loss = fwd(tokens[:, :-1], tokens[:, 1:])

@@ -50,7 +50,8 @@ _MAX_PARTIALS = 512  # cap on partial sums per matrix, i.e. on the second launch
 @triton.jit
 def _clamp(v, lo, hi):
     """``clamp`` that keeps NaN (``tl.clamp``'s NaN result is unspecified)."""
-    return tl.minimum(tl.maximum(v, lo, propagate_nan=tl.PropagateNan.ALL), hi, propagate_nan=tl.PropagateNan.ALL)
+    v = tl.maximum(v, lo, propagate_nan=tl.PropagateNan.ALL)
+    return tl.minimum(v, hi, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -86,7 +87,8 @@ def _act_quant_kernel(x_ptr, out_ptr, M, D, EPS: tl.constexpr, ROWS: tl.constexp
     # inf gives that same all-NaN row in one reduction: scale 127 / inf = 0, then q / 0 = 0 / 0 = NaN
     # (an inf row goes the same way in the reference).
     amax = tl.max(tl.where(x == x, tl.abs(x), float("inf")), axis=1, keep_dims=True)
-    scale = _div(tl.full([ROWS, 1], 1.0, tl.float32), tl.maximum(amax, EPS, propagate_nan=tl.PropagateNan.ALL)) * 127.0
+    # reciprocal * 127, as the reference (and torch's own ``127.0 / tensor``) computes the scale
+    scale = _div(tl.full([ROWS, 1], 1.0, tl.float32), tl.maximum(amax, EPS)) * 127.0
     q = _clamp(_round_half_even(x * scale), -128.0, 127.0)
     tl.store(out_ptr + offsets, _div(q, scale).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -191,7 +193,9 @@ act_quant.register_autograd(_straight_through_backward)
 weight_quant.register_autograd(_straight_through_backward)
 
 
-def triton_impl(x: torch.Tensor, w: torch.Tensor, prequantized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def triton_impl(
+    x: torch.Tensor, w: torch.Tensor, prequantized: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of :func:`model.bitnet.bitnet_quant_reference` (same arguments and results)."""
     return act_quant(x), w if prequantized else weight_quant(w)
 
@@ -211,7 +215,15 @@ def bench_cases(preset: str) -> list[dict]:
     shape = PRESETS[preset]
     d, f = shape["d_model"], shape["d_ff"]
     q, kv = shape["n_head"] * shape["head_dim"], shape["n_kv_head"] * shape["head_dim"]
-    linears = {"q": (q, d), "k": (kv, d), "v": (kv, d), "o": (d, q), "gate": (f, d), "up": (f, d), "down": (d, f)}
+    linears = {
+        "q": (q, d),
+        "k": (kv, d),
+        "v": (kv, d),
+        "o": (d, q),
+        "gate": (f, d),
+        "up": (f, d),
+        "down": (d, f),
+    }
     names_by_shape: dict[tuple[int, int], list[str]] = {}
     for name, w_shape in linears.items():
         names_by_shape.setdefault(w_shape, []).append(name)

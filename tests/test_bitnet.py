@@ -6,7 +6,10 @@ The kernel tests run where Triton runs: on the GPU when there is one, else on th
 the one case (probability ~1e-5 per matrix) where the weight scale may not.
 """
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,13 +21,14 @@ from model.bitnet import BitLinear, absmean_scale, bitnet_quant_reference, int8_
 from model.config import from_preset
 from model.decoder import SigmaLM
 from model.hf_compat import BITNET_KEY, export_hf, load_hf
-from training.optim import build_optimizers, split_params
+from training.optim import OptimizerPair, build_optimizers, split_params
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated, on import
 from training.kernels import bitnet as kb  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # of the kernel tests; the model tests are CPU
+REPO = Path(__file__).resolve().parent.parent
 DTYPES = [torch.float32, torch.bfloat16]
 VOCAB, SEQ, BATCH = 256, 32, 8
 
@@ -128,6 +132,53 @@ def test_prequantized_weight_passes_through() -> None:
         assert w_q is w
 
 
+SM90_COMPILE = """
+import json, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from training.kernels import bitnet as kb
+
+def build(fn, signature, constexprs, num_warps):
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
+
+ptx = {}
+for d in (768, 1024, 2048, 2816):  # the block-linear input widths of the 124m and 350m presets
+    rows, block_d, warps = kb._act_config(d)
+    signature = {"x_ptr": "*bf16", "out_ptr": "*bf16", "M": "i32", "D": "i32"}
+    signature.update(EPS="constexpr", ROWS="constexpr", BLOCK_D="constexpr")
+    constexprs = {"EPS": kb.QUANT_EPS, "ROWS": rows, "BLOCK_D": block_d}
+    ptx[f"act {d}"] = build(kb._act_quant_kernel, signature, constexprs, warps)
+for n in (768 * 768, 2816 * 1024):
+    chunk, num_partials = kb._weight_config(n)
+    warps = kb._num_warps(kb._W_TILE)
+    signature = {"w_ptr": "*bf16", "partial_ptr": "*fp64", "n": "i32", "CHUNK": "constexpr", "TILE": "constexpr"}
+    ptx[f"absmean {n}"] = build(kb._absmean_partial_kernel, signature, {"CHUNK": chunk, "TILE": kb._W_TILE}, warps)
+    signature = {"w_ptr": "*bf16", "partial_ptr": "*fp64", "out_ptr": "*bf16", "n": "i32", "num_partials": "i32"}
+    signature.update(EPS="constexpr", P_BLOCK="constexpr", TILE="constexpr")
+    constexprs = {"EPS": kb.QUANT_EPS, "P_BLOCK": triton.next_power_of_2(num_partials), "TILE": kb._W_TILE}
+    ptx[f"ternary {n}"] = build(kb._ternary_kernel, signature, constexprs, warps)
+print(json.dumps(ptx))
+"""
+
+
+def test_kernels_compile_for_the_h100() -> None:
+    """Triton's bundled ptxas builds the kernels for sm_90 at the 124m/350m launch configurations, here
+    on the CPU (compiling needs no GPU, only running does), and the IEEE divisions the bit-exactness rests
+    on survive into the PTX as ``div.rn`` (Triton's plain ``/`` would be the approximate ``div.full``)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile real kernels
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, cwd=REPO, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ptx = json.loads(result.stdout.splitlines()[-1])
+    assert len(ptx) == 8
+    for name, text in ptx.items():
+        assert ".target sm_90" in text, name
+        assert "div.full" not in text and "div.approx" not in text, name
+        assert ("div.rn.f32" in text) is not name.startswith("absmean"), name
+
+
 # ----------------------------------------------------------------------------- the model
 
 
@@ -144,9 +195,11 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def optimizers(model: SigmaLM):  # noqa: ANN201 (OptimizerPair)
-    return build_optimizers(model, lr=3e-3, muon_lr=0.02, weight_decay=0.0, betas=(0.9, 0.95),
-                            c3o_state_dtype=torch.float32, c3o_cautious=True, muon_momentum=0.95, ns_steps=5)  # fmt: skip
+def optimizers(model: SigmaLM) -> OptimizerPair:
+    return build_optimizers(
+        model, lr=3e-3, muon_lr=0.02, weight_decay=0.0, betas=(0.9, 0.95), c3o_state_dtype=torch.float32,
+        c3o_cautious=True, muon_momentum=0.95, ns_steps=5,
+    )  # fmt: skip
 
 
 def train(model: SigmaLM, steps: int) -> list[float]:

@@ -3,6 +3,8 @@
 with them. Skipped without a GPU; run with ``pytest -q tests/test_gpu_bitnet.py``.
 """
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,7 @@ def test_triton_equals_eager_reference(case: dict) -> None:
     assert torch.equal(x.grad, grad_x) and torch.equal(w.grad, grad_w)
 
 
-def bitlinear(quant):  # noqa: ANN001, ANN201
+def bitlinear(quant: Callable) -> Callable:
     """A BitLinear forward with quantiser ``quant``, returning the quantised operands as well."""
 
     def forward(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

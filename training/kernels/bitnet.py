@@ -28,6 +28,8 @@ Both ops are ``torch.library.triton_op`` custom ops with a straight-through auto
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -125,6 +127,19 @@ def _num_warps(block: int) -> int:
     return min(16, max(4, block // 512))
 
 
+def _act_config(D: int) -> tuple[int, int, int]:
+    """``(ROWS, BLOCK_D, num_warps)`` of the activation kernel for rows of width ``D``."""
+    block_d = triton.next_power_of_2(D)
+    rows = max(1, _ACT_BLOCK // block_d)
+    return rows, block_d, _num_warps(rows * block_d)
+
+
+def _weight_config(n: int) -> tuple[int, int]:
+    """``(CHUNK, number of partial sums)`` of the weight kernels for a matrix of ``n`` entries."""
+    chunk = max(_W_TILE, triton.next_power_of_2(triton.cdiv(n, _MAX_PARTIALS)))
+    return chunk, triton.cdiv(n, chunk)
+
+
 # Under TRITON_INTERPRET=1 ``triton.jit`` makes interpreted functions; two of its gaps need handling:
 # * ``wrap_triton`` rejects them. The interpreter runs eagerly on the CPU, where nothing is compiled,
 #   so the plain launch is equivalent there.
@@ -155,10 +170,9 @@ def act_quant(x: torch.Tensor) -> torch.Tensor:
         return out.to(x.dtype)
     D = x.shape[-1]
     M = x.numel() // D
-    block_d = triton.next_power_of_2(D)
-    rows = max(1, _ACT_BLOCK // block_d)
+    rows, block_d, num_warps = _act_config(D)
     _launcher(_act_quant_kernel)[(triton.cdiv(M, rows),)](
-        x, out, M, D, EPS=QUANT_EPS, ROWS=rows, BLOCK_D=block_d, num_warps=_num_warps(rows * block_d)
+        x, out, M, D, EPS=QUANT_EPS, ROWS=rows, BLOCK_D=block_d, num_warps=num_warps
     )
     return out.to(x.dtype)
 
@@ -171,8 +185,7 @@ def weight_quant(w: torch.Tensor) -> torch.Tensor:
     n = w.numel()
     if n == 0:
         return out.to(w.dtype)
-    chunk = max(_W_TILE, triton.next_power_of_2(triton.cdiv(n, _MAX_PARTIALS)))
-    num_partials = triton.cdiv(n, chunk)
+    chunk, num_partials = _weight_config(n)
     partials = torch.empty(num_partials, dtype=torch.float64, device=w.device)
     _launcher(_absmean_partial_kernel)[(num_partials,)](
         w, partials, n, CHUNK=chunk, TILE=_W_TILE, num_warps=_num_warps(_W_TILE)
@@ -228,7 +241,9 @@ def bench_cases(preset: str) -> list[dict]:
     for name, w_shape in linears.items():
         names_by_shape.setdefault(w_shape, []).append(name)
 
-    def make_inputs_for(d_out: int, d_in: int):  # noqa: ANN202 (a make_inputs callable)
+    def make_inputs_for(
+        d_out: int, d_in: int
+    ) -> Callable[[torch.device | str], tuple[torch.Tensor, torch.Tensor]]:
         def make_inputs(device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
             gen = torch.Generator(device=device).manual_seed(0)
             x = torch.randn(*_BENCH_TOKENS, d_in, device=device, dtype=torch.bfloat16, generator=gen)

@@ -1,7 +1,7 @@
 """BitNet 1.58: the fused Triton quantiser against the PyTorch reference, training, export, optimizer roles.
 
 The kernel tests run where Triton runs: on the GPU when there is one, else on the CPU under
-``TRITON_INTERPRET=1`` (set below, before Triton is imported) on tiny shapes. "Equal" means
+``TRITON_INTERPRET=1`` (set below, before the kernels are defined) on tiny shapes. "Equal" means
 ``torch.equal`` (so -0.0 == 0.0); ``training/kernels/bitnet.py`` says why the two agree bit for bit and
 the one case (probability ~1e-5 per matrix) where the weight scale may not.
 """
@@ -27,7 +27,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated, on import
 from training.kernels import bitnet as kb  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # of the kernel tests; the model tests are CPU
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run in these tests
 REPO = Path(__file__).resolve().parent.parent
 DTYPES = [torch.float32, torch.bfloat16]
 VOCAB, SEQ, BATCH = 256, 32, 8

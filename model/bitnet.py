@@ -3,6 +3,7 @@
 Forward (Ma et al. 2024, "The Era of 1-bit LLMs"):
     weights      W_q = clamp(round(W / s_w), -1, 1) * s_w,   s_w = mean(|W|)  (one scale per matrix)
     activations  x_q = clamp(round(x * s_x), -128, 127) / s_x, s_x = 127 / max(|x|) per token (row)
+                 (computed as ``* max(|x|) / 127``: a multiply per element is cheaper than a division)
     y = x_q @ W_q^T
 Backward: straight-through, d/dW and d/dx as if no quantisation happened, so the master weights keep
 learning. Embedding, LM head and norms stay full precision (``model/decoder.py`` builds a BitLinear
@@ -39,10 +40,14 @@ def ternary_weight(w: torch.Tensor) -> torch.Tensor:
 def int8_activation(x: torch.Tensor) -> torch.Tensor:
     """Per-token (last dim) absmax 8-bit quantisation, dequantised, in ``x``'s dtype."""
     x_f32 = x.float()
-    # reciprocal-then-multiply spelled out: it is what torch runs for ``127.0 / tensor`` anyway, and
-    # the Triton kernel must reproduce the same two roundings.
-    scale = x_f32.abs().amax(dim=-1, keepdim=True).clamp(min=QUANT_EPS).reciprocal() * 127.0
-    return ((x_f32 * scale).round().clamp(-128, 127) / scale).to(x.dtype)
+    amax = x_f32.abs().amax(dim=-1, keepdim=True).clamp(min=QUANT_EPS)
+    # Each operation below is one IEEE-rounded fp32 op that the Triton kernel repeats exactly. Spelled
+    # out because ``127.0 / amax`` and ``amax / 127.0`` run as reciprocal-and-multiply on some devices
+    # and as a true division on others. ``step`` (the dequantisation) is not exactly ``1 / scale``;
+    # the two differ in the last bit at most.
+    scale = amax.reciprocal() * 127.0
+    step = amax * (1.0 / 127.0)
+    return ((x_f32 * scale).round().clamp(-128, 127) * step).to(x.dtype)
 
 
 def straight_through(x: torch.Tensor, x_quantized: torch.Tensor) -> torch.Tensor:

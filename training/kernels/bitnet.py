@@ -12,11 +12,12 @@ redundant read from L2 instead of a third launch or a ``.item()``), then writes 
 
 Agreement with the reference, tested in ``tests/test_bitnet.py`` (CPU, ``TRITON_INTERPRET=1``) and
 ``tests/test_gpu_bitnet.py`` (H100, bf16): equal values (``torch.equal``, so -0.0 == 0.0). Every
-activation step is an IEEE-rounded fp32 operation in the same order as the reference (division with
-``div_rn``; Triton's plain ``/`` is an approximate division), and the absmax is order-independent. The
-weight scale is an fp64 sum rounded to fp32: the two summation orders give the same fp32 scale except
-with probability ~1e-5 per matrix; then the scale is one fp32 ulp off, the nonzero outputs move by
-one ulp and only entries with ``|w / s|`` within an ulp of 0.5 can flip between 0 and ±1.
+activation step is an IEEE-rounded fp32 operation in the same order as the reference (the one division
+per row with ``div_rn``: Triton's plain ``/`` is an approximate division), and the absmax is
+order-independent. The weight scale is an fp64 sum rounded to fp32: the two summation orders give the
+same fp32 scale except with probability ~1e-5 per matrix; then the scale is one fp32 ulp off, the
+nonzero outputs move by one ulp and only entries with ``|w / s|`` within an ulp of 0.5 can flip
+between 0 and ±1.
 
 Rounding is round-half-to-even like ``torch.round``, written with ``floor`` and comparisons: libdevice's
 ``rint`` does not run under ``TRITON_INTERPRET=1``, and the ``+ 1.5 * 2**23`` trick can be contracted
@@ -86,13 +87,13 @@ def _act_quant_kernel(x_ptr, out_ptr, M, D, EPS: tl.constexpr, ROWS: tl.constexp
     offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     # tl.max drops NaN, where torch's amax keeps it and the whole row comes out NaN. Counting NaN as
-    # inf gives that same all-NaN row in one reduction: scale 127 / inf = 0, then q / 0 = 0 / 0 = NaN
-    # (an inf row goes the same way in the reference).
-    amax = tl.max(tl.where(x == x, tl.abs(x), float("inf")), axis=1, keep_dims=True)
-    # reciprocal * 127, as the reference (and torch's own ``127.0 / tensor``) computes the scale
-    scale = _div(tl.full([ROWS, 1], 1.0, tl.float32), tl.maximum(amax, EPS)) * 127.0
+    # inf gives that same all-NaN row in one reduction: scale 127 / inf = 0, q = round(x * 0) = 0 or
+    # NaN, then q * step = 0 * inf = NaN (an inf row goes the same way in the reference).
+    amax = tl.maximum(tl.max(tl.where(x == x, tl.abs(x), float("inf")), axis=1, keep_dims=True), EPS)
+    scale = _div(tl.full([ROWS, 1], 1.0, tl.float32), amax) * 127.0  # the reference's op order
+    step = amax * (1.0 / 127.0)
     q = _clamp(_round_half_even(x * scale), -128.0, 127.0)
-    tl.store(out_ptr + offsets, _div(q, scale).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offsets, (q * step).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

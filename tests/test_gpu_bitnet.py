@@ -87,7 +87,7 @@ def test_nan_never_passes_on_cuda() -> None:
     assert x_q[2].isnan().all() and not x_q[[0, 1, 3]].isnan().any()
     assert torch.equal(x_q.isnan(), int8_activation(x).isnan())
     w = torch.randn(64, 768, device="cuda", dtype=torch.bfloat16)
-    w[5, 7] = float("inf")  # inf / inf is NaN in the scale: every entry NaN, as in the reference
+    w[5, 7] = float("inf")  # scale inf, then 0 * inf = NaN: every entry NaN, as in the reference
     assert kb.weight_quant(w).isnan().all() and ternary_weight(w).isnan().all()
 
 

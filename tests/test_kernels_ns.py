@@ -5,7 +5,11 @@ symmetric products run. The interpreter's fp32 -> bf16 stores truncate instead o
 so bf16 results are checked loosely here; tests/test_gpu_optim.py holds the tight bound on CUDA.
 """
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +141,47 @@ def test_instant_inversion_selftest_with_the_kernel(name: str, expected: float) 
     )
     check_instant_inversion(result)
     assert abs(result["instant_inversion_rel_residual"] - expected) < 0.02
+
+
+SM90_COMPILE = """
+import json, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from training.kernels import newton_schulz as ns
+
+def build(fn, signature, constexprs):
+    src = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")}, constexprs=constexprs)
+    c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3})
+    return {"ptx": c.asm["ptx"], "shared": c.metadata.shared}
+
+out = {}
+gram = dict.fromkeys(("X", "C", "Out"), "*bf16") | dict.fromkeys(("stride_xb", "stride_xm", "stride_cb", "stride_ob"), "i32")
+gram |= {"alpha": "fp32", "beta": "fp32"}
+gemm = dict.fromkeys(("S", "X", "Out"), "*bf16") | dict.fromkeys(("stride_sb", "stride_xb", "stride_ob"), "i32") | {"a": "fp32"}
+for m, n in [(768, 768), (768, 2048), (512, 1024), (1024, 1024), (1024, 2816)]:  # the 124m/350m groups, m <= n
+    block = ns._block(m)
+    for has_c, k in ((False, n), (True, m)):
+        c = dict(M=m, K=k, HAS_C=has_c, UPCAST=False, BLOCK=block, BLOCK_K=64)
+        out[f"gram {m}x{k} {has_c}"] = build(ns._gram_kernel, gram, c)
+    c = dict(M=m, N=n, UPCAST=False, BLOCK_M=block, BLOCK_N=ns._block(n), BLOCK_K=64)
+    out[f"gemm {m}x{n}"] = build(ns._gemm_axpy_kernel, gemm, c)
+print(json.dumps(out))
+"""
+
+
+def test_kernels_compile_for_the_h100() -> None:
+    """Triton builds both kernels for sm_90 at every 124m/350m shape group with the launch configuration
+    ``_ns_iterate`` uses (here on the CPU: compiling needs no GPU), on Hopper tensor cores (``wgmma``)
+    and within the 227 KiB of shared memory a block may use."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile real kernels
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", SM90_COMPILE], env=env, cwd=repo, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    built = json.loads(result.stdout.splitlines()[-1])
+    assert len(built) == 13  # 5 GEMMs, 8 distinct Gram configurations (the A^2 ones repeat per m)
+    for name, kernel in built.items():
+        assert ".target sm_90" in kernel["ptx"] and "wgmma.mma_async" in kernel["ptx"], name
+        assert kernel["shared"] <= 227 * 1024, name

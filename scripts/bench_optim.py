@@ -130,6 +130,9 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int) -> li
 def bench(preset: str, device: torch.device, *, steps: int, repeats: int, warmup: int) -> list[dict]:
     rows = []
     for name, build in variants(device).items():
+        # Every variant compiles the same optimizer functions for its own shapes: start each from an
+        # empty Dynamo cache so the per-function recompile limit counts one variant, as in training.
+        torch._dynamo.reset()
         model = make_model(preset, device)
         step = build(model)
         for _ in range(warmup):

@@ -67,3 +67,68 @@ def test_trainer_end_to_end_on_cuda(tmp_path):
     assert end["event"] == "end" and end["heldout_loss_drop"] > 0.3
     steps = [r for r in records if r["event"] == "step"]
     assert all(s["mfu"] is None or 0 < s["mfu"] < 1 for s in steps)
+
+
+def _tiny_session(tmp_path, *extra: str):
+    from training.cli import parse_args
+    from training.config import RunConfig
+    from training.metrics import MetricsWriter
+    from training.trainer import setup
+
+    ns = parse_args(["--model-preset", "tiny", "--seq-len", "128", "--batch-size", "8", "--vocab-size", "1024",
+                     "--tokenizer-train-chars", "200000", "--output-dir", str(tmp_path / "run"),
+                     "--checkpoint-dir", str(tmp_path / "ck"), "--resume", "never", *extra])
+    cfg = RunConfig.from_args(ns)
+    (tmp_path / "run").mkdir(parents=True, exist_ok=True)
+    return setup(cfg, tmp_path / "run", MetricsWriter(tmp_path / "run" / "metrics.jsonl"), 0.0)
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_train_step_never_syncs_with_the_host(tmp_path, kernels):
+    """The hot path (data to device, forward, backward, clip, non-finite guard, Muon + C3O update)
+    queues work without one host-device sync: torch raises on any sync in "error" mode."""
+    from training.metrics import StageClock
+    from training.trainer import train_step
+
+    s = _tiny_session(tmp_path, "--kernels", kernels)
+    clock = StageClock(s.hw.device, enabled=True)
+    for _ in range(3):  # compile, autotune and allocator warm-up may sync
+        train_step(s, clock, lambda: True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            out = train_step(s, clock, lambda: True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    loss, grad_norm, tokens, ok = out
+    assert bool(ok) and torch.isfinite(loss) and tokens == 8 * 128
+    s.batches.close()
+
+
+def test_compile_cache_makes_the_second_start_faster(tmp_path):
+    """A second start with a fresh Inductor cache but our persisted artifacts compiles much faster."""
+    import os
+    import time
+
+    def start(cache_dir: str) -> tuple[float, dict]:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            [sys.executable, str(REPO / "train_sigma.py"), "--model-preset", "tiny", "--steps", "2",
+             "--seq-len", "128", "--batch-size", "8", "--vocab-size", "1024", "--tokenizer-train-chars",
+             "200000", "--eval-every", "0", "--output-dir", str(tmp_path / f"run{cache_dir[-1]}"),
+             "--checkpoint-dir", str(tmp_path / "ck"), "--resume", "never", "--save-every", "0"],
+            capture_output=True, text=True, timeout=600, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        records = [json.loads(line) for line in (tmp_path / f"run{cache_dir[-1]}" / "metrics.jsonl").read_text()
+                   .splitlines()]
+        return time.perf_counter() - t0, next(x for x in records if x["event"] == "startup")
+
+    _, cold = start(str(tmp_path / "inductor1"))
+    _, warm = start(str(tmp_path / "inductor2"))
+    assert cold["compile_cache_loaded"] == 0 and warm["compile_cache_loaded"] == 1
+    assert list((tmp_path / "ck" / "compile_cache").glob("*.bin"))
+    cold_compile = cold["time_to_first_step_s"] - cold["startup_init_s"]
+    warm_compile = warm["time_to_first_step_s"] - warm["startup_init_s"]
+    assert warm_compile < 0.6 * cold_compile, (cold_compile, warm_compile)

@@ -64,13 +64,17 @@ def test_triton_newton_schulz_nan_and_compile() -> None:
     out = ns.triton_impl(G)
     assert out[0].isfinite().all() and out[3].isfinite().all()
     assert out[1].isnan().all() and out[2].isnan().all()
-    # One custom op to torch.compile: fullgraph works and gives the eager result.
+    # One custom op to torch.compile: fullgraph works and is as accurate as eager. (Not bitwise:
+    # Inductor compiles the op's torch prologue, the Frobenius normalisation, with its own reduction
+    # order, and five bf16 iterations turn that last-bit difference into ~1% -- the same size as the
+    # kernel's distance from the bf16 reference.)
     compiled = torch.compile(
         lambda x: ns.triton_impl(x, steps=5, coefficients=POLAR_EXPRESS_COEFFICIENTS), fullgraph=True
     )
     G[1, 7, 9] = G[2, 0, 0] = 0.0
     eager = ns.triton_impl(G, steps=5, coefficients=POLAR_EXPRESS_COEFFICIENTS)
-    assert rel_err(compiled(G), eager) < 1e-2
+    exact = ns.reference(G.float(), steps=5, coefficients=POLAR_EXPRESS_COEFFICIENTS, dtype=torch.float32)
+    assert rel_err(compiled(G), exact) < 1.5 * rel_err(eager, exact) + 1e-3
 
 
 @pytest.mark.parametrize("name", ["muon", "polar_express"])

@@ -23,10 +23,11 @@ import numpy as np
 import psutil
 import torch
 
+from model.bitnet import BitLinear
 from model.config import ModelConfig, from_preset
 from model.decoder import SigmaLM
 from model.hf_compat import export_hf, load_hf
-from training import console, faults
+from training import console, faults, kernels
 from training.checkpoint import (
     CheckpointError,
     Snapshot,
@@ -36,6 +37,7 @@ from training.checkpoint import (
     sha256_file,
     verify_checkpoint,
 )
+from training.compile_cache import CompileCache
 from training.config import RunConfig
 from training.crash import write_crash_report
 from training.data.pipeline import Batch, DataPipeline
@@ -55,10 +57,10 @@ from training.metrics import (
 )
 from training.optim import OptimizerPair, build_optimizers
 from training.optim.newton_schulz import (
-    DEFAULT_NS_COEFFICIENTS,
     DEFAULT_NS_STEPS,
     check_instant_inversion,
     instant_inversion_selftest,
+    ns_coefficient_set,
 )
 from training.saver import Saver
 from training.schedules import lr_multiplier, muon_momentum
@@ -131,6 +133,7 @@ class Session:
     """the GRPO post-training stage, when --grpo on."""
     stop_signal: int | None = None
     rolled_back_since_save: bool = False
+    compile_cache: CompileCache | None = None
 
     def count(self, feature: str, n: int = 1) -> None:
         self.features[feature][1] += n
@@ -188,14 +191,23 @@ def prepare_tokenizer(cfg: RunConfig, ckpt_dir: Path | None, run_dir: Path):
 def build_model(cfg: RunConfig, vocab_size: int, hw: HardwareProfile) -> SigmaLM:
     if cfg.model.init_from:
         model = load_hf(cfg.model.init_from)
+        for module in model.modules():
+            if isinstance(module, BitLinear):  # a BitNet export: train on from its ternary forward
+                module.make_trainable_()
         if model.cfg.vocab_size < vocab_size:
             raise RuntimeError(f"--init-from model has vocab {model.cfg.vocab_size} but the tokenizer has "
                                f"{vocab_size}; fix: pass --tokenizer {cfg.model.init_from}")
+        if cfg.model.bitnet and not model.cfg.bitnet:
+            # Same parameter names: the full-precision weights become BitNet's latent weights.
+            latent = SigmaLM(ModelConfig.from_dict({**model.cfg.to_dict(), "bitnet": True}))
+            latent.load_state_dict(model.state_dict())
+            model = latent
     else:
         # Round the embedding up to a multiple of 128 rows: the LM-head matmul then tiles evenly
         # on tensor cores (nanoGPT's 50257 -> 50304). The extra rows are never targets.
         padded = -(-vocab_size // 128) * 128
         mcfg: ModelConfig = from_preset(cfg.model.preset, vocab_size=padded, max_seq_len=cfg.model.seq_len)
+        mcfg.bitnet = cfg.model.bitnet
         model = SigmaLM(mcfg)
         model.init_weights(seed=cfg.loop.seed)
     model.to(hw.device)
@@ -227,7 +239,8 @@ def weight_tensors(model: SigmaLM) -> dict[str, torch.Tensor]:
 
 def restore(s: Session, ckpt: dict, *, weights_only: bool, data: bool = True) -> None:
     """Load a read checkpoint into the live session (weights always; the rest unless weights_only)."""
-    saved_model = ckpt["state"]["model"]
+    # Through from_dict so fields added since the checkpoint was written compare at their defaults.
+    saved_model = ModelConfig.from_dict(ckpt["state"]["model"]).to_dict()
     if saved_model != s.model.cfg.to_dict():
         diff = {k: (saved_model.get(k), v) for k, v in s.model.cfg.to_dict().items() if saved_model.get(k) != v}
         raise CheckpointError(f"the checkpoint holds a different model: {diff} (checkpoint, flags); fix: resume "
@@ -273,11 +286,15 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     pipeline = DataPipeline(cfg.data, tok, seq_len=cfg.model.seq_len, batch_size=loop.batch_size)
     heldout = pipeline.heldout_batches(loop.eval_batches)
     model = build_model(cfg, tok.get_vocab_size(), hw)
+    kernel_choices = kernels.resolve(cfg.hardware.kernels, hw.device)
+    kernels.apply_to_model(model, kernel_choices)
+    ns_kernel = kernels.ns_fn(kernel_choices)
     opt = build_optimizers(
         model, lr=cfg.optim.lr, muon_lr=cfg.optim.muon_lr, weight_decay=cfg.optim.weight_decay,
         betas=(0.9, 0.95), c3o_state_dtype=hw.c3o_state_dtype, c3o_cautious=cfg.optim.c3o_cautious,
         muon_momentum=muon_momentum(0), ns_steps=DEFAULT_NS_STEPS, seed=loop.seed,
-        use_muon=cfg.optim.name == "muon",
+        use_muon=cfg.optim.name == "muon", ns_fn=ns_kernel, ns_coefficients=cfg.optim.ns_coefficients,
+        compile=hw.compile,
     )
     saver = Saver(Path(cfg.checkpoint.dir), keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save,
                   protect=ckpt_path)
@@ -285,7 +302,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
                 pipeline=pipeline, batches=None, heldout=heldout, model=model, forward=model, opt=opt,
                 saver=saver, provenance=provenance)
     if cfg.grpo.enabled:  # a missing or broken TRL is a start-up error here, before any training
-        s.grpo = GRPOStage(cfg.grpo, tok, device=hw.device, seed=loop.seed)
+        s.grpo = GRPOStage(cfg.grpo, tok, device=hw.device, seed=loop.seed, tokenizer_dir=cfg.tokenizer.path)
     metrics.run_id = (ckpt["state"].get("run_id") if ckpt and not cfg.checkpoint.weights_only else None) or (
         f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
     if ckpt is not None:
@@ -304,10 +321,16 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "muon_params": 0, "c3o_params": len(opt.split.muon) + len(opt.split.c3o),
         "muon_numel": 0, "c3o_numel": opt.split.muon_numel + opt.split.c3o_numel}
     # The self-test runs the very iteration Muon uses: same kernel, steps, coefficients and dtype.
-    inversion = instant_inversion_selftest(steps=DEFAULT_NS_STEPS, coefficients=DEFAULT_NS_COEFFICIENTS,
-                                           dtype=torch.bfloat16, device=hw.device)
+    inversion = instant_inversion_selftest(steps=DEFAULT_NS_STEPS,
+                                           coefficients=ns_coefficient_set(cfg.optim.ns_coefficients),
+                                           dtype=torch.bfloat16, device=hw.device, ns_fn=ns_kernel)
     check_instant_inversion(inversion)
-    s.forward = torch.compile(model) if hw.compile else model
+    if hw.compile:
+        s.compile_cache = CompileCache.for_run(cfg, model, hw) if cfg.hardware.compile_cache else None
+        compile_cache_loaded = s.compile_cache.load() if s.compile_cache else False
+        s.forward = torch.compile(model)
+    else:
+        compile_cache_loaded = False
     s.features = {
         "muon": [int(opt.muon is not None), 0], "c3o": [int(opt.c3o is not None), 0],
         "compile": [int(hw.compile), 0], "bootstrap_seed": [int(cfg.data.bootstrap_seed_batches > 0), 0],
@@ -333,12 +356,15 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "startup_init_s": time.perf_counter() - t_start, **inversion, "n_params": n_params,
         "flops_per_token": model.flops_per_token(cfg.model.seq_len), **split_summary, **hw.startup_fields(),
         "checkpoint_resume_step": resume_step, "checkpoint_quarantine_count": quarantined,
-        "bitnet_1_58_active": 0, "trl_grpo_available": int(trl_grpo_available()), "run_id": metrics.run_id,
+        "bitnet_1_58_active": int(model.cfg.bitnet), "trl_grpo_available": int(trl_grpo_available()),
+        "run_id": metrics.run_id, "kernels": kernel_choices, "ns_coefficients": cfg.optim.ns_coefficients,
+        "compile_cache_loaded": int(compile_cache_loaded),
         **{k: v for k, v in s.batches.stats().items() if k.endswith("_up") or k == "data_fallback_seed"},
         **toolchain,
     }
     console.facts(model_params=n_params, **split_summary, **inversion, checkpoint_resume_step=resume_step,
-                  checkpoint_quarantine_count=quarantined, bitnet_1_58_active=0,
+                  checkpoint_quarantine_count=quarantined, bitnet_1_58_active=int(model.cfg.bitnet),
+                  kernels=",".join(f"{op}={c}" for op, c in kernel_choices.items()),
                   trl_grpo_available=s.startup["trl_grpo_available"], run_id=metrics.run_id,
                   startup_init_s=round(s.startup["startup_init_s"], 2))
     return s
@@ -360,11 +386,41 @@ def to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.T
             batch.targets_BT.to(device, non_blocking=non_blocking))
 
 
-def train_step(s: Session, clock: StageClock) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-    """One optimizer step over grad_accum micro-batches: (loss, grad_norm, tokens, applied).
+class PendingStep:
+    """An optimizer step queued on the device whose non-finite verdict the host has not read yet.
 
-    A non-finite loss or gradient norm never reaches the optimizer: the gradients are dropped and
-    `applied` is False. Deciding that needs the one `.item()` host-device sync of the step.
+    The guard runs on the device: ``ok = isfinite(loss) & isfinite(grad_norm)`` gates the optimizer
+    update (a skipped step leaves weights and state bit-identical), so the hot path never waits for
+    the GPU. The verdict is copied to pinned host memory without blocking and read one step later,
+    after the next step's forward and backward are queued, when it is long finished; log, eval and
+    checkpoint steps read it at once, so everything the run writes is exact.
+    """
+
+    def __init__(self, ok: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor, n_tokens: int,
+                 host_flag: torch.Tensor) -> None:
+        self.loss, self.grad_norm, self.n_tokens = loss, grad_norm, n_tokens
+        self.ok_host = host_flag
+        self.ready = None
+        if ok.device.type == "cuda":
+            host_flag.copy_(ok, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.ok_host = ok
+
+    def applied(self) -> bool:
+        if self.ready is not None:
+            self.ready.synchronize()  # recorded a step ago: already complete, costs no stall
+        return bool(self.ok_host)
+
+
+def train_step(s: Session, clock: StageClock, before_update) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor] | None:
+    """One optimizer step over grad_accum micro-batches: (loss, grad_norm, tokens, ok) as device tensors.
+
+    A non-finite loss or gradient norm never reaches the weights: ``ok`` is False and the optimizer's
+    update is gated on it on the device, with no host sync. ``before_update()`` runs between backward
+    and the update (the loop settles the previous step and sets the lr there); if it returns False
+    the gradients are dropped and None is returned.
     """
     accum = s.cfg.loop.grad_accum
     attempt = s.state.attempts = s.state.attempts + 1
@@ -399,15 +455,16 @@ def train_step(s: Session, clock: StageClock) -> tuple[torch.Tensor, torch.Tenso
     params = [p for p in s.model.parameters() if p.grad is not None]
     clip = s.cfg.optim.grad_clip if s.cfg.optim.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-    applied = bool(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
-    if applied:
-        s.opt.step()
+    ok = torch.isfinite(loss_sum) & torch.isfinite(grad_norm)
+    keep = before_update()
+    if keep:
+        s.opt.step(ok)
         faults.delay("slow_opt")
     s.opt.zero_grad(set_to_none=True)
     clock.stop("optimizer")
     clock.stop("compute")
     clock.step_done()
-    return loss_sum / accum, grad_norm, tokens, applied
+    return (loss_sum / accum, grad_norm, tokens, ok) if keep else None
 
 
 @torch.no_grad()
@@ -613,46 +670,79 @@ def train(s: Session, t_start: float) -> int:
     clock = StageClock(s.hw.device, enabled=full)
     resources = ResourceSampler(s.hw.device, enabled=full)
     interval = {"t": time.perf_counter(), "tokens": state.tokens}
-    first = True
     loss_acc = torch.zeros((), device=s.hw.device)
-    try:
-        while state.step < loop.steps and s.stop_signal is None:
-            step = state.step + 1
-            mult = lr_multiplier(step - 1, total_steps=loop.steps, warmup_steps=s.cfg.optim.warmup_steps,
-                                 schedule=s.cfg.optim.schedule)
-            s.opt.set_lr_multiplier(mult, momentum=muon_momentum(step - 1))
-            if first:
-                s.startup["time_to_first_batch_s"] = time.perf_counter() - t_start
-            loss, grad_norm, n_tokens, applied = train_step(s, clock)
-            if not applied:
-                state.nonfinite_skips += 1
-                state.consecutive_skips += 1
-                s.count("nonfinite_guard")
-                metrics.write("nonfinite_skip", step=step, tokens=state.tokens,
-                              nonfinite_skips=state.nonfinite_skips, consecutive=state.consecutive_skips)
-                console.say(f"step {step}: non-finite loss or gradient, step skipped "
-                            f"({state.consecutive_skips} in a row)")
-                if state.consecutive_skips >= s.cfg.checkpoint.max_nonfinite_skips:
-                    rollback(s)
-                    loss_acc.zero_()
-                continue
-            state.step, state.tokens, state.consecutive_skips = step, state.tokens + n_tokens, 0
+    pin = s.hw.device.type == "cuda"
+    host_flags = [torch.zeros((), dtype=torch.bool, pin_memory=pin) for _ in range(2)]
+    run = {"pending": None, "first": True, "mult": 1.0}
+
+    def settle() -> bool:
+        """Book the pending step on the host: count it if applied, else record the skip (and maybe roll
+        back). Returns False if a rollback happened (gradients in flight are then stale)."""
+        pending, run["pending"] = run["pending"], None
+        if pending is None:
+            return True
+        if pending.applied():
+            state.step, state.tokens, state.consecutive_skips = state.step + 1, state.tokens + pending.n_tokens, 0
+            loss_acc.add_(pending.loss)
+            state.loss_steps += 1
             for feature, acted in (("muon", s.opt.muon is not None), ("c3o", s.opt.c3o is not None),
                                    ("compile", s.hw.compile),
-                                   ("bootstrap_seed", step <= s.cfg.data.bootstrap_seed_batches)):
+                                   ("bootstrap_seed", state.step <= s.cfg.data.bootstrap_seed_batches)):
                 s.count(feature, int(acted))
-            loss_acc += loss
-            state.loss_steps += 1
-            if first:
+            if run["first"]:
+                run["first"] = False
                 s.startup["time_to_first_step_s"] = time.perf_counter() - t_start
-                metrics.write("startup", step=state.step - 1, tokens=state.tokens - n_tokens, **s.startup)
+                metrics.write("startup", step=state.step - 1, tokens=state.tokens - pending.n_tokens, **s.startup)
                 console.facts(time_to_first_step_s=round(s.startup["time_to_first_step_s"], 2))
-                first = False
+                if s.compile_cache is not None:
+                    s.compile_cache.save()
+            return True
+        state.nonfinite_skips += 1
+        state.consecutive_skips += 1
+        s.count("nonfinite_guard")
+        metrics.write("nonfinite_skip", step=state.step + 1, tokens=state.tokens,
+                      nonfinite_skips=state.nonfinite_skips, consecutive=state.consecutive_skips)
+        console.say(f"step {state.step + 1}: non-finite loss or gradient, step skipped "
+                    f"({state.consecutive_skips} in a row)")
+        if state.consecutive_skips >= s.cfg.checkpoint.max_nonfinite_skips:
+            rollback(s)
+            loss_acc.zero_()
+            return False
+        return True
 
+    def before_update() -> bool:
+        if not settle():
+            return False
+        step = state.step + 1
+        run["mult"] = lr_multiplier(step - 1, total_steps=loop.steps, warmup_steps=s.cfg.optim.warmup_steps,
+                                    schedule=s.cfg.optim.schedule)
+        s.opt.set_lr_multiplier(run["mult"], momentum=muon_momentum(step - 1))
+        return True
+
+    def host_work_at(step: int) -> bool:
+        """Whether the host acts after `step` (then its verdict is read at once)."""
+        every = (loop.log_every, loop.eval_every, loop.sample_every, s.cfg.checkpoint.save_every)
+        return (run["first"] or step == loop.steps or any(n and step % n == 0 for n in every)
+                or (s.grpo is not None and s.grpo.should_run(step)))
+
+    try:
+        while state.step + (run["pending"] is not None) < loop.steps and s.stop_signal is None:
+            if run["first"] and run["pending"] is None:
+                s.startup["time_to_first_batch_s"] = time.perf_counter() - t_start
+            out = train_step(s, clock, before_update)
+            if out is None:  # rolled back: these gradients belonged to the weights before it
+                continue
+            loss, grad_norm, n_tokens, ok = out
+            run["pending"] = PendingStep(ok, loss, grad_norm, n_tokens, host_flags[state.attempts % 2])
+            step = state.step + 1
+            if not host_work_at(step):
+                continue
+            if not settle() or state.step != step:  # skipped (or rolled back): nothing to log or save
+                continue
             if step % loop.log_every == 0 or step == loop.steps:
                 state.loss_sum += loss_acc.item()
                 loss_acc.zero_()
-                log_step(s, clock, resources, interval, mult=mult, grad_norm=grad_norm)
+                log_step(s, clock, resources, interval, mult=run["mult"], grad_norm=grad_norm)
             if loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
                 h = timed(s, clock, "eval", evaluate, s)
                 metrics.write("eval", step=step, tokens=state.tokens, heldout_loss=h)
@@ -665,6 +755,7 @@ def train(s: Session, t_start: float) -> int:
                 state.loss_sum += loss_acc.item()  # carry the open log interval into the checkpoint
                 loss_acc.zero_()
                 timed(s, clock, "checkpoint", save, s)
+        settle()
     finally:
         resources.close()
 
@@ -687,6 +778,8 @@ def finish(s: Session, t_start: float) -> int:
     state, metrics = s.state, s.metrics
     final_loss = evaluate(s)
     metrics.write("eval", step=state.step, tokens=state.tokens, heldout_loss=final_loss)
+    if s.compile_cache is not None:  # now with the evaluation graphs as well
+        s.compile_cache.save()
     write_samples(s)
     save(s)
     record_saves(s, wait=True)

@@ -23,10 +23,12 @@ import torch
 
 # op name -> (module under training.kernels, on by default under --kernels auto on CUDA).
 # Flip an AUTO flag only with a benchmark table in PERFORMANCE.md that shows the kernel winning.
+# H200 kernel table (PERFORMANCE.md): Newton-Schulz 1.02-1.27x, linear + CE 1.04-1.05x at the default
+# chunk and 4 GiB less memory; RMSNorm 0.64-0.95x and the BitNet quantiser 0.73-1.11x lose to Inductor.
 KERNELS: dict[str, tuple[str, bool]] = {
-    "newton_schulz": ("newton_schulz", False),
+    "newton_schulz": ("newton_schulz", True),
     "rms_norm": ("rmsnorm", False),
-    "linear_ce": ("linear_ce", False),
+    "linear_ce": ("linear_ce", True),
     "bitnet_quant": ("bitnet", False),
 }
 KERNEL_MODES = ("auto", "triton", "torch")
@@ -71,10 +73,15 @@ def kernel(op: str, choice: str) -> Callable:
     return module.triton_impl if choice == "triton" else module.reference
 
 
+def ns_fn(choices: dict[str, str]) -> Callable | None:
+    """Muon's orthogonalization kernel: the Triton one, or None for the optimizer's own reference."""
+    return kernel("newton_schulz", "triton") if choices["newton_schulz"] == "triton" else None
+
+
 def apply_to_model(model: torch.nn.Module, choices: dict[str, str]) -> None:
-    """Install the chosen model kernels (RMSNorm, linear + cross-entropy, BitNet quantiser)."""
-    model.use_kernels(
-        rms_norm=kernel("rms_norm", choices["rms_norm"]),
-        linear_ce=kernel("linear_ce", choices["linear_ce"]),
-        bitnet_quant=kernel("bitnet_quant", choices["bitnet_quant"]),
-    )
+    """Install the Triton kernels chosen for the model (RMSNorm, linear + cross-entropy, BitNet).
+
+    Ops left on ``"torch"`` keep the model's built-in references, so nothing is imported for them.
+    """
+    model.use_kernels(**{op: kernel(op, "triton") for op in ("rms_norm", "linear_ce", "bitnet_quant")
+                         if choices[op] == "triton"})

@@ -1,0 +1,365 @@
+"""Training-step throughput of our stack against the two baselines a user would otherwise pick.
+
+    python3 scripts/bench_train.py --presets 124m 350m --seq-len 2048 --tokens-per-step 65536 --json out.json
+
+In one process on one GPU, with the same model dimensions, sequence length and tokens per optimizer
+step, and random tokens already on the GPU (no data cost), it times:
+
+* ``hf_qwen3``   stock ``transformers`` ``Qwen3ForCausalLM`` (SDPA attention), fp32 master weights under
+                 bf16 autocast, ``torch.compile``, fused ``torch.optim.AdamW``, loss from ``labels=``.
+* ``plain``      the same architecture written plainly in PyTorch (nanoGPT style, below), fp32 master
+                 weights under bf16 autocast, ``torch.compile``, fused AdamW.
+* ``sigma``      our stack as the trainer runs it: ``SigmaLM`` in bf16 with the kernels ``--kernels``
+                 selects, ``torch.compile``, Muon + C3O, gradient clipping and the device-side
+                 non-finite guard.
+* ``sigma_adamw`` the same model and kernels with fused AdamW, to show what Muon + C3O add per step.
+
+Compilation and warm-up are excluded; each contender runs ``--repeats`` timed windows of ``--steps``
+steps (CUDA events) and the median is reported: tokens/s, MFU against a bf16 matmul peak measured
+in the same run, peak memory, and the ratio to the faster baseline. MFU counts, per token,
+6 x (block matrices + LM head, counted even when tied) + 12 x layers x d_model x seq_len FLOPs.
+
+``--device cpu --presets tiny --seq-len 64 --tokens-per-step 512 --steps 1 --repeats 1 --compile off``
+is a smoke check that runs on any machine; only GPU figures mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.config import ModelConfig, from_preset  # noqa: E402
+from model.decoder import SigmaLM  # noqa: E402
+from model.hf_compat import config_to_hf  # noqa: E402
+from training import kernels  # noqa: E402
+from training.optim import build_optimizers  # noqa: E402
+
+CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw")
+BASELINES = ("hf_qwen3", "plain")
+
+
+# ---------------------------------------------------------------------------- the plain baseline
+
+
+class PlainBlock(nn.Module):
+    """Qwen3's block written the way a nanoGPT user would: one module, no abstractions."""
+
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.c = c
+        self.ln1, self.ln2 = nn.RMSNorm(c.d_model, eps=c.rms_eps), nn.RMSNorm(c.d_model, eps=c.rms_eps)
+        self.q_norm, self.k_norm = nn.RMSNorm(c.head_dim, eps=c.rms_eps), nn.RMSNorm(c.head_dim, eps=c.rms_eps)
+        self.qkv = nn.Linear(c.d_model, (c.n_head + 2 * c.n_kv_head) * c.head_dim, bias=False)
+        self.proj = nn.Linear(c.n_head * c.head_dim, c.d_model, bias=False)
+        self.gate_up = nn.Linear(c.d_model, 2 * c.d_ff, bias=False)
+        self.down = nn.Linear(c.d_ff, c.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        c = self.c
+        B, T, _ = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(
+            [c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.n_kv_head * c.head_dim], dim=-1)
+        q = self.q_norm(q.view(B, T, c.n_head, c.head_dim)).transpose(1, 2)
+        k = self.k_norm(k.view(B, T, c.n_kv_head, c.head_dim)).transpose(1, 2)
+        v = v.view(B, T, c.n_kv_head, c.head_dim).transpose(1, 2)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=c.n_head != c.n_kv_head)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, -1))
+        gate, up = self.gate_up(self.ln2(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class PlainLM(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.blocks = nn.ModuleList(PlainBlock(c) for _ in range(c.n_layer))
+        self.norm = nn.RMSNorm(c.d_model, eps=c.rms_eps)
+        self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.head.weight = self.embed.weight
+        inv = 1.0 / c.rope_theta ** (torch.arange(0, c.head_dim, 2).float() / c.head_dim)
+        freqs = torch.outer(torch.arange(c.max_seq_len).float(), inv)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+        for p in self.parameters():
+            if p.ndim == 2:
+                nn.init.normal_(p, std=c.init_std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        T = idx.size(1)
+        cos, sin = self.cos[:T].to(torch.bfloat16), self.sin[:T].to(torch.bfloat16)
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.head(self.norm(x)).float()
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+# ---------------------------------------------------------------------------- contenders
+
+
+def build(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Namespace) -> Callable[[], torch.Tensor]:
+    """A zero-argument training step for ``name`` (returns the loss tensor without syncing)."""
+    compile_on = args.compile == "on"
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    batches = [torch.randint(0, cfg.vocab_size, (args.micro_batch, args.seq_len + 1), device=device)
+               for _ in range(4)]
+    accum = args.tokens_per_step // (args.micro_batch * args.seq_len)
+    counter = [0]
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        b = batches[counter[0] % len(batches)]
+        counter[0] += 1
+        return b[:, :-1], b[:, 1:]
+
+    if name in BASELINES:
+        if name == "hf_qwen3":
+            from transformers import Qwen3Config, Qwen3ForCausalLM
+
+            hf_cfg = {k: v for k, v in config_to_hf(cfg).items() if k not in ("architectures", "model_type", "dtype")}
+            model = Qwen3ForCausalLM(Qwen3Config(**hf_cfg, attn_implementation="sdpa")).to(device)
+
+            def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return model(input_ids=x, labels=x).loss  # transformers shifts the labels itself
+        else:
+            model = PlainLM(cfg).to(device)
+
+            def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return model(x, y)
+        fused = device.type == "cuda"
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)
+        fwd = torch.compile(loss_of) if compile_on else loss_of
+
+        def step() -> torch.Tensor:
+            total = torch.zeros((), device=device)
+            for _ in range(accum):
+                x, y = next_batch()
+                with amp:
+                    loss = fwd(x, y)
+                (loss / accum).backward()
+                total += loss.detach()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return total / accum
+
+        return step
+
+    model = SigmaLM(cfg).to(device)
+    param_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    for p in model.parameters():
+        p.data = p.data.to(param_dtype)
+    choices = kernel_choices(args, device)
+    kernels.apply_to_model(model, choices)
+    if name == "sigma":
+        pair = build_optimizers(
+            model, lr=3e-3, muon_lr=0.02, weight_decay=0.0, betas=(0.9, 0.95), c3o_state_dtype=param_dtype,
+            c3o_cautious=True, muon_momentum=0.95, ns_steps=5,
+            ns_fn=kernels.ns_fn(choices), compile=compile_on,
+        )
+    else:
+        fused = device.type == "cuda"
+        pair = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)
+    fwd = torch.compile(model) if compile_on else model
+    params = list(model.parameters())
+
+    def step() -> torch.Tensor:
+        total = torch.zeros((), device=device)
+        for _ in range(accum):
+            x, y = next_batch()
+            loss = fwd(x, y)
+            (loss / accum).backward()
+            total += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        ok = torch.isfinite(total) & torch.isfinite(grad_norm)
+        if name == "sigma":
+            pair.step(ok)  # the trainer's device-side guard: no host sync
+        else:
+            pair.step()
+        pair.zero_grad(set_to_none=True)
+        return total / accum
+
+    return step
+
+
+def kernel_choices(args: argparse.Namespace, device: torch.device) -> dict[str, str]:
+    """``--kernels`` resolved as the trainer does, or exactly the ops named by ``--triton-ops``."""
+    if args.triton_ops is None:
+        return kernels.resolve(args.kernels, device)
+    return {op: "triton" if op in args.triton_ops else "torch" for op in kernels.KERNELS}
+
+
+def time_steps(step: Callable[[], torch.Tensor], n: int, device: torch.device) -> tuple[float, float]:
+    """Seconds per step over ``n`` steps (CUDA events on the GPU) and the last loss."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            loss = step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / n, float(loss)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        loss = step()
+    return (time.perf_counter() - t0) / n, float(loss)
+
+
+def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path) -> None:
+    """Write the top kernels of three steps (torch.profiler, by device time): the evidence behind the figures."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
+
+
+def bf16_matmul_peak_tflops(device: torch.device, n: int = 8192, reps: int = 30) -> float | None:
+    """Median TFLOP/s of an n x n x n bf16 matmul on this card (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    return 6.0 * cfg.num_matmul_params() + 12.0 * cfg.n_layer * cfg.d_model * seq_len
+
+
+def run_contender(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
+                  peak: float | None) -> dict:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
+    step = build(name, cfg, device, args)
+    t0 = time.perf_counter()
+    time_steps(step, args.warmup, device)  # compile + autotune + allocator warm-up
+    warmup_s = time.perf_counter() - t0
+    per_step = []
+    loss = math.nan
+    for _ in range(args.repeats):
+        seconds, loss = time_steps(step, args.steps, device)
+        per_step.append(seconds)
+    if args.profile and name in args.profile_contenders:
+        profile(step, device, Path(args.profile) / f"profile_{cfg.n_layer}L_{name}.txt")
+    step_s = statistics.median(per_step)
+    tokens_per_s = args.tokens_per_step / step_s
+    fpt = flops_per_token(cfg, args.seq_len)
+    result = {
+        "contender": name, "step_ms": step_s * 1e3, "step_ms_runs": [s * 1e3 for s in per_step],
+        "tokens_per_s": tokens_per_s, "mfu": fpt * tokens_per_s / (peak * 1e12) if peak else None,
+        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "warmup_s": warmup_s, "loss": loss,
+    }
+    del step
+    gc.collect()
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", nargs="+", default=["124m", "350m"])
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--tokens-per-step", type=int, default=65536)
+    p.add_argument("--micro-batch", type=int, default=None, help="rows per micro-batch (default: one micro-batch)")
+    p.add_argument("--vocab-size", type=int, default=32768)
+    p.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=3, help="timed windows per contender (median reported)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, autotune)")
+    p.add_argument("--kernels", choices=kernels.KERNEL_MODES, default="auto")
+    p.add_argument("--triton-ops", nargs="*", default=None, choices=list(kernels.KERNELS),
+                   help="use the Triton kernel for exactly these ops (overrides --kernels)")
+    p.add_argument("--compile", choices=("on", "off"), default="on")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--profile", default=None, metavar="DIR", help="write a torch.profiler kernel table per contender")
+    p.add_argument("--profile-contenders", nargs="+", default=["sigma"], choices=CONTENDERS)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    args.micro_batch = args.micro_batch or args.tokens_per_step // args.seq_len
+    if args.tokens_per_step % (args.micro_batch * args.seq_len):
+        raise SystemExit("--tokens-per-step must be a multiple of --micro-batch x --seq-len")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    peak = bf16_matmul_peak_tflops(device)
+    meta = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "python": platform.python_version(), "peak_bf16_tflops": peak,
+        "kernels": kernel_choices(args, device), "argv": sys.argv[1:],
+    }
+    try:
+        import transformers
+        meta["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    print(json.dumps(meta), flush=True)
+    results = []
+    for preset in args.presets:
+        cfg = from_preset(preset, vocab_size=args.vocab_size, max_seq_len=args.seq_len)
+        rows = []
+        for name in args.contenders:
+            row = {"preset": preset, **run_contender(name, cfg, device, args, peak)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        best = max((r["tokens_per_s"] for r in rows if r["contender"] in BASELINES), default=None)
+        for r in rows:
+            r["vs_best_baseline"] = r["tokens_per_s"] / best if best else None
+        results.extend(rows)
+
+    print(f"\n{meta['device']}, torch {meta['torch']}, peak bf16 {peak or float('nan'):.0f} TFLOP/s, "
+          f"seq {args.seq_len}, {args.tokens_per_step} tokens/step, micro-batch {args.micro_batch}")
+    print(f"{'preset':7} {'contender':12} {'tokens/s':>11} {'MFU':>6} {'step ms':>8} {'peak GB':>8} {'x best base':>11}")
+    for r in results:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
+        ratio = f"{r['vs_best_baseline']:.3f}" if r["vs_best_baseline"] else "-"
+        print(f"{r['preset']:7} {r['contender']:12} {r['tokens_per_s']:11,.0f} {mfu:>6} {r['step_ms']:8.1f} "
+              f"{mem:>8} {ratio:>11}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

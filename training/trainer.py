@@ -326,6 +326,10 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
                                            dtype=torch.bfloat16, device=hw.device, ns_fn=ns_kernel)
     check_instant_inversion(inversion)
     if hw.compile:
+        # The model, its eval graph and Muon/C3O's per-shape update functions compile in this process.
+        # Dynamo's per-function recompile limit (8) counts every optimizer ever built in it, and the
+        # optimizers compile with fullgraph=True, where hitting the limit is a hard error.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         s.compile_cache = CompileCache.for_run(cfg, model, hw) if cfg.hardware.compile_cache else None
         compile_cache_loaded = s.compile_cache.load() if s.compile_cache else False
         s.forward = torch.compile(model)

@@ -169,7 +169,9 @@ def act_quant(x: torch.Tensor) -> torch.Tensor:
     out = _empty_output(x)
     if x.numel() == 0:
         return out.to(x.dtype)
-    D = x.shape[-1]
+    # int(): the launch configuration must be concrete. Under dynamic shapes this specialises (guards)
+    # on the width, which is fixed per layer, instead of handing Inductor a symbolic num_warps.
+    D = int(x.shape[-1])
     M = x.numel() // D
     rows, block_d, num_warps = _act_config(D)
     _launcher(_act_quant_kernel)[(triton.cdiv(M, rows),)](
@@ -183,7 +185,7 @@ def weight_quant(w: torch.Tensor) -> torch.Tensor:
     """:func:`model.bitnet.ternary_weight` as two launches (fp64 partial sums, then quantise)."""
     w = w.contiguous()
     out = _empty_output(w)
-    n = w.numel()
+    n = int(w.numel())  # concrete launch configuration, as in act_quant
     if n == 0:
         return out.to(w.dtype)
     chunk, num_partials = _weight_config(n)

@@ -114,7 +114,7 @@ def _tile(D: int) -> tuple[int, int, int]:
 
 @triton_op("eco_train::rms_norm", mutates_args=())
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    D = x.shape[-1]
+    D = int(x.shape[-1])  # concrete launch configuration under dynamic shapes (specialises on the width)
     x_MD = x.reshape(-1, D).contiguous()
     M = x_MD.shape[0]
     y_MD = torch.empty(x_MD.shape, dtype=torch.result_type(weight, x), device=x.device)
@@ -130,7 +130,7 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.
 def _rms_norm_backward(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd_M: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    D = x.shape[-1]
+    D = int(x.shape[-1])  # concrete launch configuration under dynamic shapes (specialises on the width)
     x_MD = x.reshape(-1, D).contiguous()
     dy_MD = dy.reshape(-1, D).contiguous()
     M = x_MD.shape[0]

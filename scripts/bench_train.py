@@ -343,6 +343,8 @@ def main() -> None:
             row = {"preset": preset, **run_contender(name, cfg, device, args, peak)}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if args.json:  # as it goes: a run cut short still leaves what it measured
+                Path(args.json).write_text(json.dumps({"meta": meta, "results": results + rows}, indent=2))
         best = max((r["tokens_per_s"] for r in rows if r["contender"] in BASELINES), default=None)
         for r in rows:
             r["vs_best_baseline"] = r["tokens_per_s"] / best if best else None

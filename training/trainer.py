@@ -13,6 +13,7 @@ import math
 import os
 import random
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -68,6 +69,7 @@ from training.toolchain import bootstrap_toolchain
 from training.wandb_sink import WandbSink
 
 SAMPLE_PROMPTS = ("The ", "def ", "Question: ")
+HF_TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 class NonFiniteError(RuntimeError):
@@ -164,7 +166,11 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_tokenizer(cfg: RunConfig, ckpt_dir: Path | None, run_dir: Path):
-    """The checkpoint's tokenizer when resuming, else the configured one, else BPE trained on the stream."""
+    """The checkpoint's tokenizer when resuming, else the configured one, else BPE trained on the stream.
+
+    Saved to RUN_DIR/tokenizer with the source folder's tokenizer_config.json, special_tokens_map.json
+    and chat_template.jinja, when it has them.
+    """
     if ckpt_dir is not None:
         if cfg.tokenizer.path:
             given = Path(cfg.tokenizer.path)
@@ -185,6 +191,14 @@ def prepare_tokenizer(cfg: RunConfig, ckpt_dir: Path | None, run_dir: Path):
         console.say(f"tokenizer trained: vocab {tok.get_vocab_size()} on {sum(map(len, texts)):,} chars "
                     f"in {time.perf_counter() - t0:.1f}s")
     save_tokenizer(tok, run_dir / "tokenizer")
+    # A pretrained model's tokenizer folder also names its special tokens and chat template; keep them
+    # with the run (and so in every checkpoint), so a resume without --tokenizer prompts the same way.
+    source = ckpt_dir or (Path(cfg.tokenizer.path) if cfg.tokenizer.path else None)
+    if source is not None:
+        source = source if source.is_dir() else source.parent
+        for name in HF_TOKENIZER_SIDE_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, run_dir / "tokenizer" / name)
     return tok
 
 
@@ -302,7 +316,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
                 pipeline=pipeline, batches=None, heldout=heldout, model=model, forward=model, opt=opt,
                 saver=saver, provenance=provenance)
     if cfg.grpo.enabled:  # a missing or broken TRL is a start-up error here, before any training
-        s.grpo = GRPOStage(cfg.grpo, tok, device=hw.device, seed=loop.seed, tokenizer_dir=cfg.tokenizer.path)
+        s.grpo = GRPOStage(cfg.grpo, tok, device=hw.device, seed=loop.seed, tokenizer_dir=s.tok_dir)
     metrics.run_id = (ckpt["state"].get("run_id") if ckpt and not cfg.checkpoint.weights_only else None) or (
         f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
     if ckpt is not None:

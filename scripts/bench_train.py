@@ -41,6 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_throughput import bf16_matmul_peak_tflops  # noqa: E402
 
 from model.config import ModelConfig, from_preset  # noqa: E402
 from model.decoder import SigmaLM  # noqa: E402
@@ -241,25 +244,6 @@ def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path) -
     out.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
 
 
-def bf16_matmul_peak_tflops(device: torch.device, n: int = 8192, reps: int = 30) -> float | None:
-    """Median TFLOP/s of an n x n x n bf16 matmul on this card (None on the CPU)."""
-    if device.type != "cuda":
-        return None
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(5):
-        a @ b
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * n**3 / statistics.median(times) / 1e12
-
-
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * cfg.num_matmul_params() + 12.0 * cfg.n_layer * cfg.d_model * seq_len
 
@@ -323,7 +307,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    peak = bf16_matmul_peak_tflops(device)
+    peak = bf16_matmul_peak_tflops() if device.type == "cuda" else None  # bf16 8192^3, same card
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "python": platform.python_version(), "peak_bf16_tflops": peak,

@@ -384,17 +384,9 @@ def test_split_skips_frozen() -> None:
 
 
 def test_build_optimizers_weight_decay_groups() -> None:
-    pair = build_optimizers(
-        FakeModel(),
-        lr=1e-3,
-        muon_lr=0.02,
-        weight_decay=0.1,
-        betas=(0.9, 0.95),
-        c3o_state_dtype=torch.float32,
-        c3o_cautious=False,
-        muon_momentum=0.95,
-        ns_steps=5,
-    )
+    kwargs = dict(lr=1e-3, muon_lr=0.02, weight_decay=0.1, betas=(0.9, 0.95), c3o_state_dtype=torch.float32,
+                  c3o_cautious=False, muon_momentum=0.95, ns_steps=5)
+    pair = build_optimizers(FakeModel(), **kwargs)
     assert pair.muon is not None and pair.c3o is not None
     assert pair.muon.param_groups[0]["weight_decay"] == 0.1
     wd = {g["name"]: (g["weight_decay"], len(g["params"])) for g in pair.c3o.param_groups}
@@ -403,18 +395,7 @@ def test_build_optimizers_weight_decay_groups() -> None:
     assert pair.lrs() == {"muon": 0.01, "c3o_decay": 5e-4, "c3o_no_decay": 5e-4}
     assert pair.muon.param_groups[0]["momentum"] == 0.9
     assert pair.muon.param_groups[0]["ns_coefficients"] == DEFAULT_NS_COEFFICIENTS
-    pe = build_optimizers(
-        FakeModel(),
-        lr=1e-3,
-        muon_lr=0.02,
-        weight_decay=0.1,
-        betas=(0.9, 0.95),
-        c3o_state_dtype=torch.float32,
-        c3o_cautious=False,
-        muon_momentum=0.95,
-        ns_steps=5,
-        ns_coefficients="polar_express",
-    )
+    pe = build_optimizers(FakeModel(), **kwargs, ns_coefficients="polar_express")
     assert pe.muon is not None and pe.muon.param_groups[0]["ns_coefficients"] == POLAR_EXPRESS_COEFFICIENTS
 
 

@@ -250,12 +250,13 @@ class Muon(torch.optim.Optimizer):
             for p in params:
                 if p.grad.is_sparse:
                     raise RuntimeError("Muon does not support sparse gradients")
-            for bucket in self._group_buckets(index, params):
+            buckets = self._group_buckets(index, params)
+            if self._fused is not None:
+                self._fused_step(buckets, group, ok)
+                continue
+            for bucket in buckets:
                 buf = bucket.momentum
                 alpha = -adjust_lr(lr, group["adjust_lr_fn"], bucket.params[0].shape)
-                if self._fused is not None:
-                    self._fused_step(bucket, group, ok, 1 - lr * weight_decay, alpha)
-                    continue
                 grad = torch.stack([p.grad for p in bucket.params])  # (B, m, n): the one copy per step
                 if ok is not None:
                     grad = torch.where(ok, grad, buf)
@@ -276,18 +277,38 @@ class Muon(torch.optim.Optimizer):
                 torch._foreach_add_(bucket.params, ortho, alpha=alpha)
         return loss
 
-    def _fused_step(
-        self, bucket: _Bucket, group: dict, ok: Tensor | None, decay: float, alpha: float
-    ) -> None:
-        """One bucket's step with the compiled elementwise parts; the schedule's scalars as device tensors."""
+    def _fused_step(self, buckets: list[_Bucket], group: dict, ok: Tensor | None) -> None:
+        """One group's step with the compiled elementwise parts; the schedule's scalars as device tensors.
+
+        Buckets whose matrices are transposes of each other (an MLP's ``(F, D)`` gate/up and ``(D, F)``
+        down) are orthogonalized in one batched call, the tall ones as their transposes: Newton–Schulz
+        commutes with transposition, and one launch series over the larger batch keeps the GPU busier.
+        """
         momentum_fn, apply_fn = self._fused  # type: ignore[misc]
-        device = bucket.momentum.device
-        momentum = torch.full((), group["momentum"], dtype=torch.float32, device=device)
-        update = momentum_fn(
-            [p.grad for p in bucket.params], bucket.momentum, ok, momentum, nesterov=group["nesterov"]
-        )
-        ortho = self.orthogonalize(update, group)
-        decay_t = torch.full((), decay, dtype=torch.float32, device=device)
-        if ok is not None:
-            decay_t = decay_t.where(ok, 1.0)  # the update is already zero when not ok
-        apply_fn(bucket.params, ortho, decay_t, torch.full((), alpha, dtype=torch.float32, device=device))
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        updates = []
+        for bucket in buckets:
+            momentum = torch.full((), group["momentum"], dtype=torch.float32, device=bucket.momentum.device)
+            updates.append(momentum_fn(
+                [p.grad for p in bucket.params], bucket.momentum, ok, momentum, nesterov=group["nesterov"]
+            ))
+        ortho = [None] * len(buckets)
+        by_wide_shape: dict[tuple, list[int]] = {}
+        for i, update in enumerate(updates):
+            m, n = update.shape[-2:]
+            by_wide_shape.setdefault((min(m, n), max(m, n), update.dtype, update.device), []).append(i)
+        for members in by_wide_shape.values():
+            if len(members) == 1:
+                ortho[members[0]] = self.orthogonalize(updates[members[0]], group)
+                continue
+            wide = [updates[i] if updates[i].size(-2) <= updates[i].size(-1) else updates[i].mT for i in members]
+            joint = self.orthogonalize(torch.cat(wide), group)
+            for i, part in zip(members, joint.split([w.size(0) for w in wide]), strict=True):
+                ortho[i] = part if updates[i].size(-2) <= updates[i].size(-1) else part.mT
+        for bucket, o in zip(buckets, ortho, strict=True):
+            device = bucket.momentum.device
+            decay_t = torch.full((), 1 - lr * weight_decay, dtype=torch.float32, device=device)
+            if ok is not None:
+                decay_t = decay_t.where(ok, 1.0)  # the update is already zero when not ok
+            alpha = -adjust_lr(lr, group["adjust_lr_fn"], bucket.params[0].shape)
+            apply_fn(bucket.params, o, decay_t, torch.full((), alpha, dtype=torch.float32, device=device))

@@ -10,6 +10,13 @@ variant gets its own fresh model, is warmed up (bucket building, torch.compile, 
 then timed: ``--repeats`` runs of ``--steps`` consecutive ``step()`` calls, each call bracketed by
 CUDA events; the table shows the median over all calls and the spread of the per-run medians.
 
+Two clocks on the GPU, both printed:
+  gpu      each run starts behind a sleep kernel long enough for the host to queue every step first,
+           so the events time the GPU's work alone. This is the step's cost in training, where the
+           host queues the optimizer while the GPU is still running the backward.
+  launch   no sleep: the events also take in the host's launch time whenever the host is slower than
+           the GPU (many small kernels), which is what a loop with nothing else queued would see.
+
 Variants:
   ours ns=torch|triton        Muon (stacked buckets, Newton-Schulz reference or Triton kernel) + C3O
                               (bf16 state, cautious); on CUDA the elementwise parts of both through
@@ -107,8 +114,16 @@ def variants(device: torch.device) -> dict[str, Callable[[SigmaLM], Callable[[],
     return table
 
 
-def time_steps(step: Callable[[], None], device: torch.device, steps: int) -> list[float]:
-    """Milliseconds of each of ``steps`` consecutive calls (CUDA events on the GPU, wall clock on CPU)."""
+# GPU clock cycles to sleep per queued step: ~25 ms at 2 GHz, more than the host needs to launch one
+# optimizer step (torch.optim.Muon's per-matrix loop is the slowest, ~10-20 ms of host time).
+QUEUE_AHEAD_CYCLES_PER_STEP = 50_000_000
+
+
+def time_steps(step: Callable[[], None], device: torch.device, steps: int, queue_ahead: bool = False) -> list[float]:
+    """Milliseconds of each of ``steps`` consecutive calls (CUDA events on the GPU, wall clock on CPU).
+
+    ``queue_ahead``: start behind a sleep kernel, so the GPU finds every step queued (its time alone).
+    """
     if device.type != "cuda":
         out = []
         for _ in range(steps):
@@ -119,6 +134,8 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int) -> li
     events = [
         (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)
     ]
+    if queue_ahead:
+        torch.cuda._sleep(QUEUE_AHEAD_CYCLES_PER_STEP * steps)
     for start, end in events:
         start.record()
         step()
@@ -127,9 +144,13 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int) -> li
     return [start.elapsed_time(end) for start, end in events]
 
 
-def bench(preset: str, device: torch.device, *, steps: int, repeats: int, warmup: int) -> list[dict]:
+def bench(
+    preset: str, device: torch.device, *, steps: int, repeats: int, warmup: int, only: list[str] | None = None
+) -> list[dict]:
     rows = []
     for name, build in variants(device).items():
+        if only is not None and name not in only:
+            continue
         # Every variant compiles the same optimizer functions for its own shapes: start each from an
         # empty Dynamo cache so the per-function recompile limit counts one variant, as in training.
         torch._dynamo.reset()
@@ -139,21 +160,18 @@ def bench(preset: str, device: torch.device, *, steps: int, repeats: int, warmup
             step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        runs = [time_steps(step, device, steps) for _ in range(repeats)]
-        medians = [statistics.median(r) for r in runs]
-        rows.append(
-            {
-                "preset": preset,
-                "variant": name,
-                "median_ms": statistics.median([t for r in runs for t in r]),
-                "run_medians_ms": medians,
-                "steps": steps,
-                "repeats": repeats,
-            }
-        )
-        print(
-            f"{preset:>5}  {name:<28} {rows[-1]['median_ms']:8.3f} ms   runs {min(medians):.3f}-{max(medians):.3f}"
-        )
+        row = {"preset": preset, "variant": name, "steps": steps, "repeats": repeats}
+        clocks = ("gpu", "launch") if device.type == "cuda" else ("launch",)
+        for clock in clocks:
+            runs = [time_steps(step, device, steps, queue_ahead=clock == "gpu") for _ in range(repeats)]
+            medians = [statistics.median(r) for r in runs]
+            row[f"{clock}_median_ms"] = statistics.median([t for r in runs for t in r])
+            row[f"{clock}_run_medians_ms"] = medians
+        row["median_ms"] = row[f"{clocks[0]}_median_ms"]
+        rows.append(row)
+        print(f"{preset:>5}  {name:<28} " + "   ".join(
+            f"{clock} {row[f'{clock}_median_ms']:8.3f} ms (runs {min(row[f'{clock}_run_medians_ms']):.3f}-"
+            f"{max(row[f'{clock}_run_medians_ms']):.3f})" for clock in clocks))
         del step, model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -173,6 +191,7 @@ def main() -> None:
         help="untimed steps first: compile, autotune, buckets (default 5; 1 on cpu)",
     )
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--variants", nargs="+", default=None, help="time only these variants (names as printed)")
     args = ap.parse_args()
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -195,7 +214,9 @@ def main() -> None:
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     rows = []
     for preset in args.presets:
-        rows += bench(preset, device, steps=args.steps, repeats=repeats, warmup=warmup)
+        rows += bench(preset, device, steps=args.steps, repeats=repeats, warmup=warmup, only=args.variants)
+        if args.json is not None:  # as it goes: a run cut short still leaves what it measured
+            args.json.write_text(json.dumps({"env": env, "results": rows}, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps({"env": env, "results": rows}, indent=2))
         print(f"wrote {args.json}")

@@ -174,6 +174,31 @@ def _block(size: int) -> int:
     return 128 if size >= 512 else 64 if size >= 128 else 16
 
 
+# Tile settings by kernel ("gram" or "gemm"), set by scripts/tune_newton_schulz.py while it sweeps;
+# empty in normal use, where launch_config's defaults apply.
+LAUNCH_OVERRIDES: dict[str, dict[str, int]] = {}
+
+
+def launch_config(kernel: str, m: int, n: int) -> dict[str, int]:
+    """Tile sizes, warps and pipeline stages of ``kernel`` for a ``(m, n)``, ``m <= n`` batch.
+
+    From ``scripts/tune_newton_schulz.py`` on an H200 at the 124m and 350m shape groups
+    (``docs/benchmarks/2026-11-26_issue7_session2/h200_ns_tuning.log``): 4 warps for the Gram
+    kernel (its ``A A`` launch 0.085 -> 0.064 ms at 48 x 768^2), and 128 x 256 tiles with 4 stages
+    for the ``S X`` product once both sides are large (0.816 -> 0.758 ms at 72 x (1024, 2816)).
+    """
+    block, block_k = _block(m), 64 if m >= 64 else 16
+    if kernel == "gram":
+        config = {"BLOCK": block, "BLOCK_K": block_k, "num_warps": 4, "num_stages": 3}
+    elif m >= 768 and n >= 1024:
+        config = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 4}
+    else:
+        warps = 8 if block == 128 else 4
+        config = {"BLOCK_M": block, "BLOCK_N": _block(n), "BLOCK_K": block_k, "num_warps": warps, "num_stages": 3}
+    config.update(LAUNCH_OVERRIDES.get(kernel, {}))
+    return config
+
+
 @triton_op("eco_train::newton_schulz_iterate", mutates_args=())
 def _ns_iterate(X: Tensor, coefficients: list[float]) -> Tensor:
     """Run the quintic steps on a normalised, contiguous ``(B, m, n)`` bf16 batch with ``m <= n``.
@@ -183,29 +208,27 @@ def _ns_iterate(X: Tensor, coefficients: list[float]) -> Tensor:
     batch, m, n = X.shape
     gram = torch.empty((batch, m, m), dtype=X.dtype, device=X.device)
     poly = torch.empty_like(gram)
-    block = _block(m)
-    tiles = triton.cdiv(m, block)
+    gram_cfg, gemm_cfg = launch_config("gram", m, n), launch_config("gemm", m, n)
+    tiles = triton.cdiv(m, gram_cfg["BLOCK"])
     gram_grid = (tiles, tiles, batch)
-    bm, bn = _block(m), _block(n)
-    gemm_grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), batch)
-    warps = 8 if block == 128 else 4
+    gemm_grid = (triton.cdiv(m, gemm_cfg["BLOCK_M"]), triton.cdiv(n, gemm_cfg["BLOCK_N"]), batch)
     for i in range(0, len(coefficients), 3):
         a, b, c = coefficients[i], coefficients[i + 1], coefficients[i + 2]
         # A = X X^T
         _launcher(_gram_kernel)[gram_grid](
             X, X, gram, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0, M=m, K=n,
-            HAS_C=False, UPCAST=_INTERPRETED, BLOCK=block, BLOCK_K=64 if n >= 64 else 16, num_warps=warps, num_stages=3,
+            HAS_C=False, UPCAST=_INTERPRETED, **gram_cfg,
         )  # fmt: skip
         # b A + c A A  (A symmetric, so A A = A A^T: the same kernel with A as input)
         _launcher(_gram_kernel)[gram_grid](
             gram, gram, poly, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), c, b, M=m, K=m,
-            HAS_C=True, UPCAST=_INTERPRETED, BLOCK=block, BLOCK_K=64 if m >= 64 else 16, num_warps=warps, num_stages=3,
+            HAS_C=True, UPCAST=_INTERPRETED, **gram_cfg,
         )  # fmt: skip
         # a X + (b A + c A A) X
         out = torch.empty_like(X)
         _launcher(_gemm_axpy_kernel)[gemm_grid](
             poly, X, out, poly.stride(0), X.stride(0), out.stride(0), a, M=m, N=n, UPCAST=_INTERPRETED,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=64 if m >= 64 else 16, num_warps=warps, num_stages=3,
+            **gemm_cfg,
         )  # fmt: skip
         X = out
     return X

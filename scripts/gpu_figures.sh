@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU figures of PERFORMANCE.md, in parts that each fit one 10-minute device call, on one GPU.
+#   scripts/gpu_figures.sh OUT_DIR step      # training step 124m (4 contenders, profile) + optimizer step
+#   scripts/gpu_figures.sh OUT_DIR step350   # training step 350m + kernel table + compile-cache GPU test
+#   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m; our step without the linear+CE kernel
+#   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
+#                                            # (needs PyInstaller importable, e.g. from wheels on PYTHONPATH)
+# Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
+set -u
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|startup}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|startup}
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader > "$out/gpu.txt"
+
+bench() {  # bench NAME SECONDS CMD...: run with a time limit, keep the log, print its tail without warnings
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $*"
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    echo "== $name rc=$?"
+    grep -v -i -e warn -e "return node.target" "$out/$name.log" | tail -14
+}
+
+optim_variants=("ours ns=triton +ok" "ours ns=torch +ok" "torch Muon + fused AdamW" "fused AdamW (all)")
+case $part in
+    step)
+        bench bench_train_124m 330 python3 scripts/bench_train.py --presets 124m --steps 8 --repeats 3 \
+            --warmup 4 --json "$out/bench_train_124m.json" --profile "$out"
+        bench bench_optim 220 python3 scripts/bench_optim.py --presets 124m 350m --steps 10 --repeats 3 \
+            --variants "${optim_variants[@]}" --json "$out/bench_optim.json"
+        ;;
+    step350)
+        bench bench_train_350m 300 python3 scripts/bench_train.py --presets 350m --contenders plain sigma \
+            sigma_adamw --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_350m.json"
+        bench bench_kernels 150 python3 scripts/bench_kernels.py --presets 124m 350m --json "$out/kernels.json"
+        bench gpu_compile_cache_test 120 python3 -m pytest -q tests/test_gpu.py -k compile_cache
+        ;;
+    startup)
+        bench bench_compile_cache 250 python3 scripts/bench_compile_cache.py --preset 124m \
+            --json "$out/compile_cache.json"
+        bench bench_train_no_linear_ce 200 python3 scripts/bench_train.py --presets 124m 350m --contenders sigma \
+            --triton-ops newton_schulz --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_no_linear_ce.json"
+        ;;
+    binary)
+        bench build_exe 280 python3 -m PyInstaller --noconfirm eco_train.spec
+        job=(@train_sigma_args.txt --model-preset 124m --steps 25 --seq-len 2048 --batch-size 32 --grad-accum 1
+             --log-every 5 --eval-every 0 --sample-every 0 --warmup-steps 5 --kernels triton --data-backend seed
+             --save-every 0 --resume never)
+        bench binary_run 150 dist/eco_train/eco_train "${job[@]}" --output-dir /tmp/run_bin --checkpoint-dir /tmp/ck_bin
+        bench source_run 150 python3 train_sigma.py "${job[@]}" --output-dir /tmp/run_src --checkpoint-dir /tmp/ck_src
+        cp /tmp/run_bin/metrics.jsonl "$out/binary_metrics.jsonl"
+        cp /tmp/run_src/metrics.jsonl "$out/source_metrics.jsonl"
+        ;;
+    *)
+        echo "unknown part $part" >&2
+        exit 2
+        ;;
+esac

@@ -58,6 +58,18 @@ def test_python_mode_c_argv_and_exit_codes(tmp_path):
     assert run_bin("-Ic", "print('combined')").stdout == "combined\n"
 
 
+def test_python_mode_program_that_closes_its_streams_exits_like_cpython(tmp_path):
+    """A closed stdout or stderr is no error at exit (torch.compile's workers close stdout on shutdown)."""
+    r = run_bin("-c", "import sys; print('bye'); sys.stdout.close()")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "bye\n", "")
+    script = tmp_path / "closes.py"
+    script.write_text("import sys\nsys.stderr.close()\nsys.stdout.close()\n")
+    r = run_bin(str(script))
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    r = run_bin("-c", "import sys; sys.stdout.close(); 1/0")
+    assert r.returncode == 1 and "ZeroDivisionError" in r.stderr and "closed file" not in r.stderr
+
+
 def test_python_mode_script_module_and_stdin(tmp_path):
     script = tmp_path / "prog.py"
     script.write_text("import sys, helper\nprint(helper.X, sys.argv[1:])\n")

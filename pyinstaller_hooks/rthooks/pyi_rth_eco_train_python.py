@@ -54,7 +54,16 @@ def _eco_train_python() -> None:
     if not rest or rest[0] == "-":  # `python -` or no program: read it from stdin, as CPython does
         rest = ["-c", sys.stdin.read(), *rest[1:]]
 
+    import contextlib
     import runpy
+
+    def flush_std_streams() -> None:
+        # As CPython at exit: a stream the program closed is skipped (torch.compile's workers close
+        # stdout when they shut down), and a flush that fails on a gone reader is not an error here.
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None and not stream.closed:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
 
     try:
         if rest[:1] == ["-c"]:
@@ -93,11 +102,11 @@ def _eco_train_python() -> None:
     except BaseException:
         import traceback
 
+        flush_std_streams()
         traceback.print_exc()
-        sys.stdout.flush()
+        flush_std_streams()
         raise SystemExit(1) from None
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_std_streams()
     raise SystemExit(0)
 
 

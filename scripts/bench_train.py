@@ -208,7 +208,7 @@ def build(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Name
 def kernel_choices(args: argparse.Namespace, device: torch.device) -> dict[str, str]:
     """``--kernels`` resolved as the trainer does, or exactly the ops named by ``--triton-ops``."""
     if args.triton_ops is None:
-        return kernels.resolve(args.kernels, device)
+        return kernels.resolve(args.kernels, device, compile=args.compile == "on")
     return {op: "triton" if op in args.triton_ops else "torch" for op in kernels.KERNELS}
 
 

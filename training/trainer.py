@@ -300,7 +300,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     pipeline = DataPipeline(cfg.data, tok, seq_len=cfg.model.seq_len, batch_size=loop.batch_size)
     heldout = pipeline.heldout_batches(loop.eval_batches)
     model = build_model(cfg, tok.get_vocab_size(), hw)
-    kernel_choices = kernels.resolve(cfg.hardware.kernels, hw.device)
+    kernel_choices = kernels.resolve(cfg.hardware.kernels, hw.device, compile=hw.compile)
     kernels.apply_to_model(model, kernel_choices)
     ns_kernel = kernels.ns_fn(kernel_choices)
     opt = build_optimizers(

@@ -49,11 +49,12 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
     return False, f"Triton kernels need a CUDA device (or TRITON_INTERPRET=1); this run is on {device.type}"
 
 
-def resolve(mode: str, device: torch.device) -> dict[str, str]:
+def resolve(mode: str, device: torch.device, *, compile: bool = False) -> dict[str, str]:
     """Map every op in :data:`KERNELS` to ``"triton"`` or ``"torch"`` for ``--kernels mode``.
 
-    Raises ``ValueError`` for an unknown mode and ``RuntimeError`` for ``triton`` where Triton
-    cannot run, naming the reason and the fix.
+    ``compile``: whether the model will run under ``torch.compile``. Raises ``ValueError`` for an
+    unknown mode and ``RuntimeError`` for ``triton`` where Triton cannot run, or runs interpreted
+    under ``torch.compile`` (which cannot trace interpreted kernels), naming the reason and the fix.
     """
     if mode not in KERNEL_MODES:
         raise ValueError(f"--kernels must be one of {KERNEL_MODES}; got {mode!r}")
@@ -63,6 +64,11 @@ def resolve(mode: str, device: torch.device) -> dict[str, str]:
     if mode == "triton":
         if not usable:
             raise RuntimeError(f"--kernels triton: {reason}. Use --kernels auto or --kernels torch.")
+        if compile and device.type != "cuda":
+            raise RuntimeError(
+                "--kernels triton on the CPU runs the kernels in Triton's interpreter, which torch.compile "
+                "cannot trace. Use --compile off with it, or --kernels auto / torch."
+            )
         return dict.fromkeys(KERNELS, "triton")
     on_gpu = usable and device.type == "cuda"
     return {op: "triton" if on_gpu and auto else "torch" for op, (_, auto) in KERNELS.items()}

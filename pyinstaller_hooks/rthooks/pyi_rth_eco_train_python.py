@@ -58,8 +58,9 @@ def _eco_train_python() -> None:
     import runpy
 
     def flush_std_streams() -> None:
-        # As CPython at exit: a stream the program closed is skipped (torch.compile's workers close
-        # stdout when they shut down), and a flush that fails on a gone reader is not an error here.
+        # As CPython at exit: a stream the program closed is skipped, and a flush that fails on a gone
+        # reader is not an error here. (A child of a compiled GPU run closed its stdout and the plain
+        # flush raised "I/O operation on closed file" after the run had finished.)
         for stream in (sys.stdout, sys.stderr):
             if stream is not None and not stream.closed:
                 with contextlib.suppress(OSError, ValueError):

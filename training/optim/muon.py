@@ -301,10 +301,11 @@ class Muon(torch.optim.Optimizer):
             if len(members) == 1:
                 ortho[members[0]] = self.orthogonalize(updates[members[0]], group)
                 continue
-            wide = [updates[i] if updates[i].size(-2) <= updates[i].size(-1) else updates[i].mT for i in members]
+            tall = [updates[i].size(-2) > updates[i].size(-1) for i in members]
+            wide = [updates[i].mT if t else updates[i] for i, t in zip(members, tall, strict=True)]
             joint = self.orthogonalize(torch.cat(wide), group)
-            for i, part in zip(members, joint.split([w.size(0) for w in wide]), strict=True):
-                ortho[i] = part if updates[i].size(-2) <= updates[i].size(-1) else part.mT
+            for i, t, part in zip(members, tall, joint.split([w.size(0) for w in wide]), strict=True):
+                ortho[i] = part.mT if t else part
         for bucket, o in zip(buckets, ortho, strict=True):
             device = bucket.momentum.device
             decay_t = torch.full((), 1 - lr * weight_decay, dtype=torch.float32, device=device)

@@ -53,6 +53,9 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["124m", "350m"])
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--head-dims", nargs="+", type=int, default=None,
+                   help="time these head widths at each preset's width (heads = n_head*head_dim/width); "
+                        "default: the preset's own")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     device = torch.device("cuda")
@@ -61,24 +64,35 @@ def main() -> None:
     rows = []
     for preset in args.presets:
         shape = PRESETS[preset]
-        B, T, H, K, Hd = args.batch, args.seq_len, shape["n_head"], shape["n_kv_head"], shape["head_dim"]
-        q = torch.randn(B, H, T, Hd, device=device, dtype=torch.bfloat16, requires_grad=True)
-        k = torch.randn(B, K, T, Hd, device=device, dtype=torch.bfloat16, requires_grad=True)
-        v = torch.randn(B, K, T, Hd, device=device, dtype=torch.bfloat16, requires_grad=True)
-        grad = torch.randn(B, H, T, Hd, device=device, dtype=torch.bfloat16)
-        fwd_flops = 2 * 2 * B * H * T * T * Hd / 2
-        for name, backend in BACKENDS.items():
-            try:
-                fwd_ms, both_ms = time_backend(backend, q, k, v, grad)
-            except RuntimeError as e:  # a backend that does not take these shapes or this GQA layout
-                row = {"preset": preset, "backend": name, "error": str(e).splitlines()[0][:200]}
-            else:
-                row = {"preset": preset, "backend": name, "fwd_ms": fwd_ms, "fwd_bwd_ms": both_ms,
-                       "fwd_tflops": fwd_flops / fwd_ms / 1e9, "fwd_bwd_tflops": 3.5 * fwd_flops / both_ms / 1e9}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for Hd in args.head_dims or [shape["head_dim"]]:
+            # Same attention width and GQA ratio at every head width, so the FLOPs stay the same.
+            H = shape["n_head"] * shape["head_dim"] // Hd
+            K = shape["n_kv_head"] * shape["head_dim"] // Hd
+            rows.extend(time_preset(preset, args.batch, args.seq_len, H, K, Hd, device))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def time_preset(preset: str, B: int, T: int, H: int, K: int, Hd: int, device: torch.device) -> list[dict]:
+    """One row per backend for ``B`` sequences of ``T`` tokens, ``H`` query and ``K`` key/value heads of ``Hd``."""
+    rows = []
+    q = torch.randn(B, H, T, Hd, device=device, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, K, T, Hd, device=device, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(B, K, T, Hd, device=device, dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn(B, H, T, Hd, device=device, dtype=torch.bfloat16)
+    fwd_flops = 2 * 2 * B * H * T * T * Hd / 2
+    for name, backend in BACKENDS.items():
+        try:
+            fwd_ms, both_ms = time_backend(backend, q, k, v, grad)
+        except RuntimeError as e:  # a backend that does not take these shapes or this GQA layout
+            row = {"preset": preset, "head_dim": Hd, "backend": name, "error": str(e).splitlines()[0][:200]}
+        else:
+            row = {"preset": preset, "head_dim": Hd, "heads": H, "kv_heads": K, "backend": name,
+                   "fwd_ms": fwd_ms, "fwd_bwd_ms": both_ms, "fwd_tflops": fwd_flops / fwd_ms / 1e9,
+                   "fwd_bwd_tflops": 3.5 * fwd_flops / both_ms / 1e9}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ is a smoke check that runs on any machine; only GPU figures mean anything.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -228,20 +229,89 @@ def time_steps(step: Callable[[], torch.Tensor], n: int, device: torch.device) -
     return (time.perf_counter() - t0) / n, float(loss)
 
 
-def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path) -> None:
-    """Write the top kernels of three steps (torch.profiler, by device time): the evidence behind the figures."""
+KERNEL_CATEGORIES = (  # first match wins; the profile summary's rows
+    ("newton_schulz", ("_gram_kernel", "_gemm_axpy_kernel")),
+    ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
+    ("attention", ("sdpa", "fmha", "flash", "attention")),
+    ("cross_entropy", ("cross_entropy",)),
+    ("memset", ("memset",)),
+    ("memcpy", ("memcpy",)),
+    ("inductor_triton", ("triton_",)),
+    ("foreach / optimizer", ("multi_tensor", "foreach", "adam")),
+)
+
+
+def kernel_category(name: str) -> str:
+    lowered = name.lower()
+    for category, needles in KERNEL_CATEGORIES:
+        if any(needle in lowered for needle in needles):
+            return category
+    return "other"
+
+
+def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path, steps: int = 3) -> None:
+    """Write the evidence behind the figures for ``steps`` steps (torch.profiler).
+
+    ``out``: the top ops and kernels by device time. ``<out>_summary.txt`` (GPU only): every kernel
+    grouped by :data:`KERNEL_CATEGORIES`, per step, with the device's idle time (the step's span less
+    the union of kernel intervals) and the 40 costliest kernels by name.
+    """
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
-        for _ in range(3):
+        for _ in range(steps):
             step()
         if device.type == "cuda":
             torch.cuda.synchronize()
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if e.device_type == DeviceType.CUDA)
+    if not spans:
+        return
+    by_category: dict[str, float] = {}
+    by_name: dict[str, list[float]] = {}
+    busy, cursor = 0.0, spans[0][0]
+    for start, end, name in spans:
+        by_category[kernel_category(name)] = by_category.get(kernel_category(name), 0.0) + (end - start)
+        entry = by_name.setdefault(name, [0.0, 0])
+        entry[0] += end - start
+        entry[1] += 1
+        if end > cursor:  # union of the intervals: overlapping kernels (other streams) count once
+            busy += end - max(start, cursor)
+            cursor = end
+    span = spans[-1][1] - spans[0][0]
+    lines = [f"{steps} steps; per step, ms of device time (kernels on all streams; us / 1000 / steps)",
+             f"{'category':24} {'ms/step':>9} {'share':>7}"]
+    total = sum(by_category.values())
+    for category, us in sorted(by_category.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{category:24} {us / 1e3 / steps:9.2f} {us / total:7.1%}")
+    lines += [f"{'sum of kernels':24} {total / 1e3 / steps:9.2f}",
+              f"{'span first..last kernel':24} {span / 1e3 / steps:9.2f}",
+              f"{'idle (span - busy)':24} {(span - busy) / 1e3 / steps:9.2f}", "",
+              f"{'ms/step':>9} {'calls/step':>10} {'category':18} kernel"]
+    for name, (us, calls) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:40]:
+        lines.append(f"{us / 1e3 / steps:9.3f} {calls / steps:10.1f} {kernel_category(name):18} {name[:110]}")
+    out.with_name(out.stem + "_summary.txt").write_text("\n".join(lines) + "\n")
+
+
+def parse_setting(item: str) -> tuple[str, int | float | bool | str]:
+    """``"n_head=6"`` -> ``("n_head", 6)``: ints, floats and true/false are converted, the rest stays text."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"expected FIELD=VALUE, got {item!r}")
+    if text.lower() in ("true", "false"):
+        return key, text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(text)
+        except ValueError:
+            pass
+    return key, text
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
@@ -298,6 +368,10 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--profile", default=None, metavar="DIR", help="write a torch.profiler kernel table per contender")
     p.add_argument("--profile-contenders", nargs="+", default=["sigma"], choices=CONTENDERS)
+    p.add_argument("--override", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="change ModelConfig fields of every preset for every contender, e.g. n_head=6 head_dim=128")
+    p.add_argument("--inductor", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="set torch._inductor.config options for every contender, e.g. coordinate_descent_tuning=1")
     args = p.parse_args()
     device = torch.device(args.device)
     args.micro_batch = args.micro_batch or args.tokens_per_step // args.seq_len
@@ -306,6 +380,12 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    overrides = dict(parse_setting(item) for item in args.override)
+    if args.inductor:
+        import torch._inductor.config as inductor_config
+
+        for key, value in map(parse_setting, args.inductor):
+            setattr(inductor_config, key, value)
 
     peak = bf16_matmul_peak_tflops() if device.type == "cuda" else None  # bf16 8192^3, same card
     meta = {
@@ -322,6 +402,7 @@ def main() -> None:
     results = []
     for preset in args.presets:
         cfg = from_preset(preset, vocab_size=args.vocab_size, max_seq_len=args.seq_len)
+        cfg = dataclasses.replace(cfg, **overrides).validate()
         rows = []
         for name in args.contenders:
             row = {"preset": preset, **run_contender(name, cfg, device, args, peak)}

@@ -232,7 +232,7 @@ def time_steps(step: Callable[[], torch.Tensor], n: int, device: torch.device) -
 KERNEL_CATEGORIES = (  # first match wins; the profile summary's rows
     ("newton_schulz", ("_gram_kernel", "_gemm_axpy_kernel")),
     ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
-    ("attention", ("sdpa", "fmha", "flash", "attention")),
+    ("attention", ("sdpa", "fmha", "flash", "attention", "cudnn")),
     ("cross_entropy", ("cross_entropy",)),
     ("memset", ("memset",)),
     ("memcpy", ("memcpy",)),
@@ -270,7 +270,7 @@ def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path, s
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
     spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
-                   if e.device_type == DeviceType.CUDA)
+                   if e.device_type == DeviceType.CUDA and not e.is_user_annotation)  # kernels, not ranges
     if not spans:
         return
     by_category: dict[str, float] = {}

@@ -73,12 +73,11 @@ class _Bucket:
 def _fused_momentum(
     grads: list[Tensor], buf: Tensor, ok: Tensor | None, momentum: Tensor, *, nesterov: bool
 ) -> Tensor:
-    """``compile=True`` form of the momentum part of :meth:`Muon.step` for one bucket: returns the update.
+    """The momentum part of :meth:`Muon.step` for one bucket under ``compile=True``: returns the update.
 
     The same maths and gates as the eager path, written as arithmetic on explicit fp32 upcasts:
     ``momentum`` is a 0-dim fp32 device tensor (the schedule changes it every step; a Python float
-    would recompile), and mixed with bf16 operands type promotion would round it to bf16 first. Inductor
-    fuses stack, select, both lerps and the zeroing into one pass over the bucket.
+    would recompile), and mixed with bf16 operands type promotion would round it to bf16 first.
     """
     grad = torch.stack(grads)
     if ok is not None:
@@ -92,10 +91,50 @@ def _fused_momentum(
     return update
 
 
-def _fused_apply(params: list[Tensor], ortho: Tensor, decay: Tensor, alpha: Tensor) -> None:
-    """``compile=True`` form of the parameter update, ``p <- p * decay + alpha * O``, in fp32 per element."""
-    new = [p.float() * decay + o.float() * alpha for p, o in zip(params, ortho.unbind(0), strict=True)]
-    torch._foreach_copy_(params, new)
+def _fused_prepare(
+    grads: list[list[Tensor]],
+    bufs: list[Tensor],
+    ok: Tensor | None,
+    momentum: Tensor,
+    *,
+    tall: tuple[bool, ...],
+    nesterov: bool,
+) -> Tensor:
+    """``compile=True``: everything before one Newton–Schulz call, as one graph.
+
+    Per bucket the momentum step (:func:`_fused_momentum`), the update in bf16 (what the kernel
+    computes in) and, where ``tall``, transposed; the buckets joined along the batch. Inductor writes
+    the joined batch straight from the momentum pass instead of a separate ``cat`` pass.
+    """
+    wide = []
+    for bucket_grads, buf, is_tall in zip(grads, bufs, tall, strict=True):
+        update = _fused_momentum(bucket_grads, buf, ok, momentum, nesterov=nesterov).to(torch.bfloat16)
+        wide.append(update.mT if is_tall else update)
+    return torch.cat(wide) if len(wide) > 1 else wide[0].contiguous()
+
+
+def _fused_apply(
+    params: list[list[Tensor]],
+    ortho: Tensor,
+    lr: Tensor,
+    decay: Tensor,
+    *,
+    tall: tuple[bool, ...],
+    lr_ratios: tuple[float, ...],
+) -> None:
+    """``compile=True``: ``p <- p * decay - lr * ratio * O`` (fp32 per element) for one Newton–Schulz call's buckets.
+
+    ``ortho`` is the joined ``(B, m, n)`` output; each bucket takes its rows, transposed back where
+    ``tall``. ``lr_ratios`` are the buckets' :func:`adjust_lr` factors (shape constants).
+    """
+    rows = ortho.split([len(p) for p in params])
+    targets, new = [], []
+    for bucket, part, is_tall, ratio in zip(params, rows, tall, lr_ratios, strict=True):
+        alpha = lr * -ratio
+        for p, o in zip(bucket, (part.mT if is_tall else part).unbind(0), strict=True):
+            targets.append(p)
+            new.append(p.float() * decay + o.float() * alpha)
+    torch._foreach_copy_(targets, new)
 
 
 class Muon(torch.optim.Optimizer):
@@ -108,7 +147,7 @@ class Muon(torch.optim.Optimizer):
     ``ns_fn``: the orthogonalization kernel, ``fn(G_BMN, steps=, coefficients=, eps=) -> Tensor`` on a
     batch of same-shape matrices; defaults to the bf16 PyTorch reference. Not part of the state dict.
     ``compile``: run the elementwise parts (momentum, parameter update) through ``torch.compile``
-    (:func:`_fused_momentum`, :func:`_fused_apply`; for CUDA): fewer passes over the stacked buckets,
+    (:func:`_fused_prepare`, :func:`_fused_apply`; for CUDA): fewer passes over the stacked buckets,
     fp32 intermediates, so not bit-identical to ``torch.optim.Muon``.
     """
 
@@ -162,7 +201,7 @@ class Muon(torch.optim.Optimizer):
         self.ns_fn: NSFn = ns_fn if ns_fn is not None else zeropower_via_newtonschulz
         self._fused = (
             (
-                torch.compile(_fused_momentum, fullgraph=True, dynamic=False),
+                torch.compile(_fused_prepare, fullgraph=True, dynamic=False),
                 torch.compile(_fused_apply, fullgraph=True, dynamic=False),
             )
             if compile
@@ -283,33 +322,29 @@ class Muon(torch.optim.Optimizer):
         Buckets whose matrices are transposes of each other (an MLP's ``(F, D)`` gate/up and ``(D, F)``
         down) are orthogonalized in one batched call, the tall ones as their transposes: Newton–Schulz
         commutes with transposition, and one launch series over the larger batch keeps the GPU busier.
+        Per call: one compiled pass prepares the joined batch, the kernel orthogonalizes it, one
+        compiled pass updates the parameters.
         """
-        momentum_fn, apply_fn = self._fused  # type: ignore[misc]
-        lr, weight_decay = group["lr"], group["weight_decay"]
-        updates = []
+        if not buckets:
+            return
+        prepare_fn, apply_fn = self._fused  # type: ignore[misc]
+        by_wide_shape: dict[tuple, list[_Bucket]] = {}
         for bucket in buckets:
-            momentum = torch.full((), group["momentum"], dtype=torch.float32, device=bucket.momentum.device)
-            updates.append(momentum_fn(
-                [p.grad for p in bucket.params], bucket.momentum, ok, momentum, nesterov=group["nesterov"]
-            ))
-        ortho = [None] * len(buckets)
-        by_wide_shape: dict[tuple, list[int]] = {}
-        for i, update in enumerate(updates):
-            m, n = update.shape[-2:]
-            by_wide_shape.setdefault((min(m, n), max(m, n), update.dtype, update.device), []).append(i)
+            m, n = bucket.momentum.shape[-2:]
+            key = (min(m, n), max(m, n), bucket.momentum.dtype, bucket.momentum.device)
+            by_wide_shape.setdefault(key, []).append(bucket)
+        # The schedule's scalars as 0-dim fp32 device tensors (Python floats would recompile every step).
+        device = buckets[0].momentum.device
+        momentum, lr, decay = (torch.full((), value, dtype=torch.float32, device=device) for value in
+                               (group["momentum"], group["lr"], 1 - group["lr"] * group["weight_decay"]))
+        if ok is not None:
+            decay = decay.where(ok, 1.0)  # the update is already zero when not ok
         for members in by_wide_shape.values():
-            if len(members) == 1:
-                ortho[members[0]] = self.orthogonalize(updates[members[0]], group)
-                continue
-            tall = [updates[i].size(-2) > updates[i].size(-1) for i in members]
-            wide = [updates[i].mT if t else updates[i] for i, t in zip(members, tall, strict=True)]
-            joint = self.orthogonalize(torch.cat(wide), group)
-            for i, t, part in zip(members, tall, joint.split([w.size(0) for w in wide]), strict=True):
-                ortho[i] = part.mT if t else part
-        for bucket, o in zip(buckets, ortho, strict=True):
-            device = bucket.momentum.device
-            decay_t = torch.full((), 1 - lr * weight_decay, dtype=torch.float32, device=device)
-            if ok is not None:
-                decay_t = decay_t.where(ok, 1.0)  # the update is already zero when not ok
-            alpha = -adjust_lr(lr, group["adjust_lr_fn"], bucket.params[0].shape)
-            apply_fn(bucket.params, o, decay_t, torch.full((), alpha, dtype=torch.float32, device=device))
+            tall = tuple(b.momentum.size(-2) > b.momentum.size(-1) for b in members)
+            joined = prepare_fn(
+                [[p.grad for p in b.params] for b in members], [b.momentum for b in members], ok, momentum,
+                tall=tall, nesterov=group["nesterov"],
+            )  # fmt: skip
+            ortho = self.orthogonalize(joined, group)
+            ratios = tuple(adjust_lr(1.0, group["adjust_lr_fn"], b.params[0].shape) for b in members)
+            apply_fn([b.params for b in members], ortho, lr, decay, tall=tall, lr_ratios=ratios)

@@ -200,12 +200,10 @@ def launch_config(kernel: str, m: int, n: int) -> dict[str, int]:
 
 
 @triton_op("eco_train::newton_schulz_iterate", mutates_args=())
-def _ns_iterate(X: Tensor, coefficients: list[float], cublas_sx: bool = False) -> Tensor:
+def _ns_iterate(X: Tensor, coefficients: list[float]) -> Tensor:
     """Run the quintic steps on a normalised, contiguous ``(B, m, n)`` bf16 batch with ``m <= n``.
 
     ``coefficients`` is the flattened per-step schedule ``[a0, b0, c0, a1, b1, c1, ...]``.
-    ``cublas_sx``: the non-symmetric ``a X + S X`` product through cuBLAS (``torch.baddbmm``, as the
-    reference computes it) instead of ``_gemm_axpy_kernel``; the Gram products stay here.
     """
     batch, m, n = X.shape
     gram = torch.empty((batch, m, m), dtype=X.dtype, device=X.device)
@@ -227,9 +225,6 @@ def _ns_iterate(X: Tensor, coefficients: list[float], cublas_sx: bool = False) -
             HAS_C=True, UPCAST=_INTERPRETED, **gram_cfg,
         )  # fmt: skip
         # a X + (b A + c A A) X
-        if cublas_sx:
-            X = torch.baddbmm(X, poly, X, beta=a)
-            continue
         out = torch.empty_like(X)
         _launcher(_gemm_axpy_kernel)[gemm_grid](
             poly, X, out, poly.stride(0), X.stride(0), out.stride(0), a, M=m, N=n, UPCAST=_INTERPRETED,
@@ -244,13 +239,8 @@ def triton_impl(
     steps: int = DEFAULT_NS_STEPS,
     coefficients: NSCoefficients = DEFAULT_NS_COEFFICIENTS,
     eps: float = DEFAULT_NS_EPS,
-    *,
-    cublas_sx: bool = False,
 ) -> Tensor:
-    """Triton twin of :func:`reference` (bf16 compute, returns ``G.dtype``); see the module doc.
-
-    ``cublas_sx``: see :func:`_ns_iterate` (for ``scripts/bench_ns_products.py``).
-    """
+    """Triton twin of :func:`reference` (bf16 compute, returns ``G.dtype``); see the module doc."""
     if G.ndim < 2:
         raise ValueError(f"Newton-Schulz needs matrices (..., m, n); got shape {tuple(G.shape)}")
     schedule = coefficient_schedule(coefficients, steps)
@@ -262,7 +252,7 @@ def triton_impl(
     X = X.reshape(-1, batch_shape[-2], batch_shape[-1])
     # Same normalisation as the reference, in bf16; contiguous() after the division makes it one pass.
     X = (X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)).contiguous()
-    X = _ns_iterate(X, [float(v) for triple in schedule for v in triple], cublas_sx)
+    X = _ns_iterate(X, [float(v) for triple in schedule for v in triple])
     X = X.reshape(batch_shape)
     if transposed:
         X = X.mT

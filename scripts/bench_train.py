@@ -13,9 +13,12 @@ step, and random tokens already on the GPU (no data cost), it times:
                  selects, ``torch.compile``, Muon + C3O, gradient clipping and the device-side
                  non-finite guard.
 * ``sigma_adamw`` the same model and kernels with fused AdamW, to show what Muon + C3O add per step.
+* ``sigma_flip``  ``sigma`` with the kernel choice of the ops in ``--flip-ops`` reversed (Triton <-> the
+                 compiled reference): the in-step A/B that decides what ``--kernels auto`` picks.
 
-Compilation and warm-up are excluded; each contender runs ``--repeats`` timed windows of ``--steps``
-steps (CUDA events) and the median is reported: tokens/s, MFU against a bf16 matmul peak measured
+All contenders of a preset are built and warmed up first (compilation and warm-up excluded), then
+timed in turns: ``--repeats`` rounds, each one window of ``--steps`` steps (CUDA events) per
+contender, so clock or thermal drift hits every contender alike. The median window is reported: tokens/s, MFU against a bf16 matmul peak measured
 in the same run, peak memory, and the ratio to the faster baseline. MFU counts, per token,
 6 x (block matrices + LM head, counted even when tied) + 12 x layers x d_model x seq_len FLOPs.
 
@@ -52,7 +55,7 @@ from model.hf_compat import config_to_hf  # noqa: E402
 from training import kernels  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
-CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw")
+CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip")
 BASELINES = ("hf_qwen3", "plain")
 
 
@@ -174,8 +177,11 @@ def build(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Name
     for p in model.parameters():
         p.data = p.data.to(param_dtype)
     choices = kernel_choices(args, device)
+    if name == "sigma_flip":
+        choices = {op: ("torch" if mode == "triton" else "triton") if op in args.flip_ops else mode
+                   for op, mode in choices.items()}
     kernels.apply_to_model(model, choices)
-    if name == "sigma":
+    if name != "sigma_adamw":
         pair = build_optimizers(
             model, lr=3e-3, muon_lr=0.02, weight_decay=0.0, betas=(0.9, 0.95), c3o_state_dtype=param_dtype,
             c3o_cautious=True, muon_momentum=0.95, ns_steps=5,
@@ -196,7 +202,7 @@ def build(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Name
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         ok = torch.isfinite(total) & torch.isfinite(grad_norm)
-        if name == "sigma":
+        if name != "sigma_adamw":
             pair.step(ok)  # the trainer's device-side guard: no host sync
         else:
             pair.step()
@@ -318,35 +324,49 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * cfg.num_matmul_params() + 12.0 * cfg.n_layer * cfg.d_model * seq_len
 
 
-def run_contender(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
-                  peak: float | None) -> dict:
+def prepare_contender(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Namespace) -> dict:
+    """Build ``name``'s step and run its warm-up; its own peak memory is measured here, above what the
+    contenders built before it hold."""
+    held = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     if device.type == "cuda":
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     step = build(name, cfg, device, args)
     t0 = time.perf_counter()
     time_steps(step, args.warmup, device)  # compile + autotune + allocator warm-up
-    warmup_s = time.perf_counter() - t0
-    per_step = []
-    loss = math.nan
-    for _ in range(args.repeats):
-        seconds, loss = time_steps(step, args.steps, device)
-        per_step.append(seconds)
-    if args.profile and name in args.profile_contenders:
-        profile(step, device, Path(args.profile) / f"profile_{cfg.n_layer}L_{name}.txt")
-    step_s = statistics.median(per_step)
-    tokens_per_s = args.tokens_per_step / step_s
-    fpt = flops_per_token(cfg, args.seq_len)
-    result = {
-        "contender": name, "step_ms": step_s * 1e3, "step_ms_runs": [s * 1e3 for s in per_step],
-        "tokens_per_s": tokens_per_s, "mfu": fpt * tokens_per_s / (peak * 1e12) if peak else None,
-        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-        "warmup_s": warmup_s, "loss": loss,
+    return {
+        "step": step, "warmup_s": time.perf_counter() - t0,
+        "peak_mem_gb": (torch.cuda.max_memory_allocated() - held) / 2**30 if device.type == "cuda" else None,
     }
-    del step
+
+
+def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace, peak: float | None) -> list[dict]:
+    """One result row per contender: all built first, then timed in interleaved windows."""
+    prepared = {name: prepare_contender(name, cfg, device, args) for name in args.contenders}
+    windows: dict[str, list[float]] = {name: [] for name in args.contenders}
+    losses = dict.fromkeys(args.contenders, math.nan)
+    for _ in range(args.repeats):
+        for name in args.contenders:
+            seconds, losses[name] = time_steps(prepared[name]["step"], args.steps, device)
+            windows[name].append(seconds)
+    rows = []
+    fpt = flops_per_token(cfg, args.seq_len)
+    for name in args.contenders:
+        if args.profile and name in args.profile_contenders:
+            profile(prepared[name]["step"], device, Path(args.profile) / f"profile_{cfg.n_layer}L_{name}.txt")
+        step_s = statistics.median(windows[name])
+        tokens_per_s = args.tokens_per_step / step_s
+        rows.append({
+            "contender": name, "step_ms": step_s * 1e3, "step_ms_runs": [s * 1e3 for s in windows[name]],
+            "tokens_per_s": tokens_per_s, "mfu": fpt * tokens_per_s / (peak * 1e12) if peak else None,
+            "peak_mem_gb": prepared[name]["peak_mem_gb"], "warmup_s": prepared[name]["warmup_s"],
+            "loss": losses[name],
+        })
+    prepared.clear()
     gc.collect()
-    return result
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
 
 
 def main() -> None:
@@ -368,6 +388,8 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--profile", default=None, metavar="DIR", help="write a torch.profiler kernel table per contender")
     p.add_argument("--profile-contenders", nargs="+", default=["sigma"], choices=CONTENDERS)
+    p.add_argument("--flip-ops", nargs="+", default=["linear_ce"], choices=list(kernels.KERNELS),
+                   help="the ops whose kernel choice sigma_flip reverses")
     p.add_argument("--override", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="change ModelConfig fields of every preset for every contender, e.g. n_head=6 head_dim=128")
     p.add_argument("--inductor", nargs="+", default=[], metavar="KEY=VALUE",
@@ -391,7 +413,7 @@ def main() -> None:
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "python": platform.python_version(), "peak_bf16_tflops": peak,
-        "kernels": kernel_choices(args, device), "argv": sys.argv[1:],
+        "kernels": kernel_choices(args, device), "flip_ops": args.flip_ops, "argv": sys.argv[1:],
     }
     try:
         import transformers
@@ -403,26 +425,24 @@ def main() -> None:
     for preset in args.presets:
         cfg = from_preset(preset, vocab_size=args.vocab_size, max_seq_len=args.seq_len)
         cfg = dataclasses.replace(cfg, **overrides).validate()
-        rows = []
-        for name in args.contenders:
-            row = {"preset": preset, **run_contender(name, cfg, device, args, peak)}
-            rows.append(row)
+        rows = [{"preset": preset, **row} for row in run_preset(cfg, device, args, peak)]
+        for row in rows:
             print(json.dumps(row), flush=True)
-            if args.json:  # as it goes: a run cut short still leaves what it measured
-                Path(args.json).write_text(json.dumps({"meta": meta, "results": results + rows}, indent=2))
         best = max((r["tokens_per_s"] for r in rows if r["contender"] in BASELINES), default=None)
         for r in rows:
             r["vs_best_baseline"] = r["tokens_per_s"] / best if best else None
         results.extend(rows)
+        if args.json:  # after each preset: a run cut short still leaves what it measured
+            Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
     print(f"\n{meta['device']}, torch {meta['torch']}, peak bf16 {peak or float('nan'):.0f} TFLOP/s, "
           f"seq {args.seq_len}, {args.tokens_per_step} tokens/step, micro-batch {args.micro_batch}")
-    print(f"{'preset':7} {'contender':12} {'tokens/s':>11} {'MFU':>6} {'step ms':>8} {'peak GB':>8} {'x best base':>11}")
+    print(f"{'preset':7} {'contender':13} {'tokens/s':>11} {'MFU':>6} {'step ms':>8} {'peak GB':>8} {'x best base':>11}")
     for r in results:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
         ratio = f"{r['vs_best_baseline']:.3f}" if r["vs_best_baseline"] else "-"
-        print(f"{r['preset']:7} {r['contender']:12} {r['tokens_per_s']:11,.0f} {mfu:>6} {r['step_ms']:8.1f} "
+        print(f"{r['preset']:7} {r['contender']:13} {r['tokens_per_s']:11,.0f} {mfu:>6} {r['step_ms']:8.1f} "
               f"{mem:>8} {ratio:>11}")
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))

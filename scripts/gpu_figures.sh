@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU figures of PERFORMANCE.md, in parts that each fit one 10-minute device call, on one GPU.
-#   scripts/gpu_figures.sh OUT_DIR step      # training step 124m (4 contenders, profile) + optimizer step
-#   scripts/gpu_figures.sh OUT_DIR step350   # training step 350m + kernel table + compile-cache GPU test
-#   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m; our step without the linear+CE kernel
+#   scripts/gpu_figures.sh OUT_DIR step      # training step 124m (4 contenders, profile) + optimizer step 124m
+#   scripts/gpu_figures.sh OUT_DIR step350   # training step 350m + kernel table + optimizer step 350m
+#   scripts/gpu_figures.sh OUT_DIR ab        # linear + CE on/off in the step at both sizes; NS vs cuBLAS
+#   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
 #                                            # (needs PyInstaller importable, e.g. from wheels on PYTHONPATH)
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|startup}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|startup}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|binary}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|binary}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -23,25 +24,31 @@ bench() {  # bench NAME SECONDS CMD...: run with a time limit, keep the log, pri
     grep -v -i -e warn -e "return node.target" "$out/$name.log" | tail -14
 }
 
-optim_variants=("ours ns=triton +ok" "ours ns=torch +ok" "torch Muon + fused AdamW" "fused AdamW (all)")
+optim_variants=("ours ns=triton +ok" "torch Muon + fused AdamW" "fused AdamW (all)")
 case $part in
     step)
-        bench bench_train_124m 330 python3 scripts/bench_train.py --presets 124m --steps 8 --repeats 3 \
+        bench bench_train_124m 420 python3 scripts/bench_train.py --presets 124m --steps 8 --repeats 5 \
             --warmup 4 --json "$out/bench_train_124m.json" --profile "$out"
-        bench bench_optim 220 python3 scripts/bench_optim.py --presets 124m 350m --steps 10 --repeats 3 \
+        bench bench_optim 120 python3 scripts/bench_optim.py --presets 124m --steps 10 --repeats 3 \
             --variants "${optim_variants[@]}" --json "$out/bench_optim.json"
         ;;
     step350)
-        bench bench_train_350m 300 python3 scripts/bench_train.py --presets 350m --contenders plain sigma \
+        bench bench_train_350m 330 python3 scripts/bench_train.py --presets 350m --contenders plain sigma \
             sigma_adamw --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_350m.json"
         bench bench_kernels 150 python3 scripts/bench_kernels.py --presets 124m 350m --json "$out/kernels.json"
-        bench gpu_compile_cache_test 120 python3 -m pytest -q tests/test_gpu.py -k compile_cache
+        bench bench_optim_350m 100 python3 scripts/bench_optim.py --presets 350m --steps 10 --repeats 3 \
+            --variants "${optim_variants[@]}" --json "$out/bench_optim_350m.json"
+        ;;
+    ab)  # the in-step A/B behind --kernels auto's linear + CE choice, and the NS products against cuBLAS
+        bench bench_train_ab 560 python3 scripts/bench_train.py --presets 124m 350m --contenders sigma sigma_flip \
+            --flip-ops linear_ce --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_ab.json"
+        bench bench_ns_products 100 python3 scripts/bench_ns_products.py --presets 124m 350m \
+            --json "$out/ns_products.json"
         ;;
     startup)
         bench bench_compile_cache 250 python3 scripts/bench_compile_cache.py --preset 124m \
             --json "$out/compile_cache.json"
-        bench bench_train_no_linear_ce 200 python3 scripts/bench_train.py --presets 124m 350m --contenders sigma \
-            --triton-ops newton_schulz --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_no_linear_ce.json"
+        bench gpu_tests 300 python3 -m pytest -q tests/test_gpu.py tests/test_gpu_optim.py
         ;;
     binary)
         bench build_exe 280 python3 -m PyInstaller --noconfirm eco_train.spec

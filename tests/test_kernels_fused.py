@@ -19,7 +19,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-from model.config import ModelConfig  # noqa: E402
+from model.config import PRESETS, ModelConfig  # noqa: E402
 from model.decoder import IGNORE_INDEX, SigmaLM  # noqa: E402
 from training.kernels import linear_ce, rmsnorm  # noqa: E402
 
@@ -236,4 +236,4 @@ def test_bench_cases_shapes(preset: str) -> None:
             assert inputs[0].shape == (32 * 2048, d_model) and inputs[1].shape == (32768, d_model)
             assert case["backward"]
         else:
-            assert inputs[0].shape[:2] == (32, 2048) and inputs[0].shape[-1] in (d_model, 64)
+            assert inputs[0].shape[:2] == (32, 2048) and inputs[0].shape[-1] in (d_model, PRESETS[preset]["head_dim"])

@@ -33,6 +33,7 @@ def test_unknown_mode_is_a_value_error() -> None:
         kernels.resolve("fast", CPU)
 
 
-def test_auto_defaults_follow_the_h100_kernel_table() -> None:
-    """Only Newton-Schulz beat its compiled reference at both preset sizes (PERFORMANCE.md)."""
-    assert {op for op, (_, auto) in kernels.KERNELS.items() if auto} == {"newton_schulz"}
+def test_auto_defaults_follow_the_h100_measurements() -> None:
+    """Newton-Schulz (kernel table) and linear + CE (in the training step) beat their compiled
+    references at both preset sizes (PERFORMANCE.md); RMSNorm and the BitNet quantiser do not."""
+    assert {op for op, (_, auto) in kernels.KERNELS.items() if auto} == {"newton_schulz", "linear_ce"}

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training.kernels import newton_schulz as ns  # noqa: E402
+from training.optim.muon import wide_shape  # noqa: E402
 
 GRAM_GRID = [
     {"BLOCK": b, "BLOCK_K": k, "num_warps": w, "num_stages": s}
@@ -39,7 +40,7 @@ def joined_groups(preset: str) -> list[tuple[int, int, int]]:
     """``(batch, m, n)`` per Newton–Schulz call of ``preset``: wide orientation, transposed twins joined."""
     joined: dict[tuple[int, int], int] = {}
     for (rows, cols), count in ns.muon_shape_groups(preset).items():
-        key = (min(rows, cols), max(rows, cols))
+        key = wide_shape((rows, cols))
         joined[key] = joined.get(key, 0) + count
     return [(count, m, n) for (m, n), count in joined.items()]
 

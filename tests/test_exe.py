@@ -87,6 +87,13 @@ def test_eco_train_flags_still_reach_the_trainer():
     assert r.returncode == 0 and "--model-preset" in r.stdout  # -h stays argparse's help
 
 
+def test_compile_on_the_cpu_is_refused_at_start_with_the_fix(tmp_path):
+    r = run_bin("--device", "cpu", "--compile", "on", "--model-preset", "tiny", "--data-backend", "seed",
+                "--steps", "1", "--output-dir", str(tmp_path / "run"), "--checkpoint-dir", str(tmp_path / "ck"))
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "does not work on the CPU in the frozen binary" in r.stderr and "--compile auto or off" in r.stderr
+
+
 def test_sandbox_stdlib_is_in_the_bundle():
     code = f"import importlib\nfor m in {SPEC_STDLIB!r}: importlib.import_module(m)\nprint('ok')"
     r = run_bin("-I", "-c", code)

@@ -6,6 +6,7 @@ Compute stays on one device kind: CUDA when present, the CPU only when no GPU ex
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,14 @@ def resolve_profile(*, device: str, profile: str, compile_mode: str, c3o_state_d
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     do_compile = compile_mode == "on" or (compile_mode == "auto" and use_cuda)
+    if do_compile and not use_cuda and getattr(sys, "frozen", False):
+        # Inductor's CPU backend compiles C++ against torch's headers, which the binary leaves out
+        # (61 MB); with them copied in, Dynamo still stops at step 0, because its skip and inline rules
+        # key on torch's absolute source paths and the frozen code objects carry bundle-relative ones.
+        raise RuntimeError("--compile on does not work on the CPU in the frozen binary: torch.compile's CPU "
+                           "backend needs torch's C++ headers, which the binary does not bundle; fix: use "
+                           "--compile auto or off (the CPU runs uncompiled), or train from a source install "
+                           "(README, \"The two commands\")")
     return HardwareProfile(
         device=dev,
         param_dtype=param_dtype,

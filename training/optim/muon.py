@@ -62,6 +62,16 @@ def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size | tuple[int
     return lr * ratio
 
 
+def wide_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
+    """``(m, n)`` with ``m <= n`` of a matrix shape: the orientation Newton–Schulz iterates in.
+
+    Under ``compile=True`` Muon orthogonalizes every bucket with the same wide shape (and dtype and
+    device) in one call, the tall ones transposed.
+    """
+    m, n = shape[-2:]
+    return (min(m, n), max(m, n))
+
+
 @dataclass
 class _Bucket:
     """Same-shape parameters of one param group and their stacked momentum ``(B, m, n)``."""
@@ -330,8 +340,7 @@ class Muon(torch.optim.Optimizer):
         prepare_fn, apply_fn = self._fused  # type: ignore[misc]
         by_wide_shape: dict[tuple, list[_Bucket]] = {}
         for bucket in buckets:
-            m, n = bucket.momentum.shape[-2:]
-            key = (min(m, n), max(m, n), bucket.momentum.dtype, bucket.momentum.device)
+            key = (*wide_shape(bucket.momentum.shape), bucket.momentum.dtype, bucket.momentum.device)
             by_wide_shape.setdefault(key, []).append(bucket)
         # The schedule's scalars as 0-dim fp32 device tensors (Python floats would recompile every step).
         device = buckets[0].momentum.device

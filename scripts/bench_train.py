@@ -18,8 +18,9 @@ step, and random tokens already on the GPU (no data cost), it times:
 
 All contenders of a preset are built and warmed up first (compilation and warm-up excluded), then
 timed in turns: ``--repeats`` rounds, each one window of ``--steps`` steps (CUDA events) per
-contender, so clock or thermal drift hits every contender alike. The median window is reported: tokens/s, MFU against a bf16 matmul peak measured
-in the same run, peak memory, and the ratio to the faster baseline. MFU counts, per token,
+contender, so clock or thermal drift hits every contender alike. The median window is reported:
+tokens/s, MFU against a bf16 matmul peak measured in the same run, peak memory (each contender's
+own, above what those built before it hold), and the ratio to the faster baseline. MFU counts, per token,
 6 x (block matrices + LM head, counted even when tied) + 12 x layers x d_model x seq_len FLOPs.
 
 ``--device cpu --presets tiny --seq-len 64 --tokens-per-step 512 --steps 1 --repeats 1 --compile off``

@@ -23,11 +23,11 @@ import torch
 
 # op name -> (module under training.kernels, on by default under --kernels auto on CUDA).
 # Flip an AUTO flag only with a benchmark in PERFORMANCE.md that shows the kernel winning.
-# H100 (PERFORMANCE.md): Newton-Schulz wins its kernel table, 1.17-1.37x. Linear + CE ties there in
-# isolation (1.01x at 124m, 0.99x at 350m) but wins in the training step, timed interleaved with the
-# compiled reference in one process (scripts/bench_train.py sigma vs sigma_flip): 125.2 vs 126.2 ms
-# at 124m, 330.8 vs 332.1 ms at 350m, and the loss takes ~4 GB less memory. RMSNorm 0.52-1.00x and
-# the BitNet quantiser 0.78-1.09x lose to what Inductor fuses.
+# H100 (PERFORMANCE.md): Newton-Schulz wins its kernel table, 1.16-1.36x. Linear + CE ties there in
+# isolation (1.01-1.02x) but wins in the training step, timed interleaved with the compiled reference
+# in one process (scripts/bench_train.py sigma vs sigma_flip): 125.2 vs 126.2 ms at 124m, 330.8 vs
+# 332.1 ms at 350m, and the loss takes ~4 GB less memory. RMSNorm (0.48-1.33x) and the BitNet
+# quantiser (0.44-1.25x) lose to what Inductor fuses at most shapes, so neither is a default.
 KERNELS: dict[str, tuple[str, bool]] = {
     "newton_schulz": ("newton_schulz", True),
     "rms_norm": ("rmsnorm", False),

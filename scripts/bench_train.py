@@ -20,7 +20,8 @@ All contenders of a preset are built and warmed up first (compilation and warm-u
 timed in turns: ``--repeats`` rounds, each one window of ``--steps`` steps (CUDA events) per
 contender, so clock or thermal drift hits every contender alike. The median window is reported:
 tokens/s, MFU against a bf16 matmul peak measured in the same run, peak memory (each contender's
-own, above what those built before it hold), and the ratio to the faster baseline. MFU counts, per token,
+own, above what those built before it hold), the ratio to the faster baseline, and the median SM
+clock and board power NVML reported during the contender's windows. MFU counts, per token,
 6 x (block matrices + LM head, counted even when tied) + 12 x layers x d_model x seq_len FLOPs.
 
 ``--device cpu --presets tiny --seq-len 64 --tokens-per-step 512 --steps 1 --repeats 1 --compile off``
@@ -37,6 +38,7 @@ import math
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -236,6 +238,46 @@ def time_steps(step: Callable[[], torch.Tensor], n: int, device: torch.device) -
     return (time.perf_counter() - t0) / n, float(loss)
 
 
+class ClockSampler:
+    """While open, samples the GPU's SM clock (MHz) and board power (W) through NVML every ``interval`` s.
+
+    Evidence for comparisons where the same kernels run at different speeds: a card at its power limit
+    lowers its clocks, and how much power a matmul draws depends on the values it multiplies. Takes no
+    samples on the CPU or where NVML cannot be read (``torch.cuda.clock_rate`` needs pynvml).
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.05) -> None:
+        self.device, self.interval = device, interval
+        self.clocks_mhz: list[float] = []
+        self.power_w: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ClockSampler:
+        if self.device.type == "cuda" and self._read():
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _read(self) -> bool:
+        try:
+            clock, power = torch.cuda.clock_rate(self.device), torch.cuda.power_draw(self.device) / 1000.0
+        except Exception:  # noqa: BLE001 - no NVML here: no samples, never a failed benchmark
+            return False
+        self.clocks_mhz.append(float(clock))
+        self.power_w.append(power)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval) and self._read():
+            pass
+
+
 KERNEL_CATEGORIES = (  # first match wins; the profile summary's rows
     ("newton_schulz", ("_gram_kernel", "_gemm_axpy_kernel")),
     ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
@@ -306,6 +348,10 @@ def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path, s
     out.with_name(out.stem + "_summary.txt").write_text("\n".join(lines) + "\n")
 
 
+def median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 def parse_setting(item: str) -> tuple[str, int | float | bool | str]:
     """``"n_head=6"`` -> ``("n_head", 6)``: ints, floats and true/false are converted, the rest stays text."""
     key, sep, text = item.partition("=")
@@ -345,11 +391,14 @@ def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
     """One result row per contender: all built first, then timed in interleaved windows."""
     prepared = {name: prepare_contender(name, cfg, device, args) for name in args.contenders}
     windows: dict[str, list[float]] = {name: [] for name in args.contenders}
+    samplers: dict[str, list[ClockSampler]] = {name: [] for name in args.contenders}
     losses = dict.fromkeys(args.contenders, math.nan)
     for _ in range(args.repeats):
         for name in args.contenders:
-            seconds, losses[name] = time_steps(prepared[name]["step"], args.steps, device)
+            with ClockSampler(device) as sampler:
+                seconds, losses[name] = time_steps(prepared[name]["step"], args.steps, device)
             windows[name].append(seconds)
+            samplers[name].append(sampler)
     rows = []
     fpt = flops_per_token(cfg, args.seq_len)
     for name in args.contenders:
@@ -362,6 +411,8 @@ def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
             "tokens_per_s": tokens_per_s, "mfu": fpt * tokens_per_s / (peak * 1e12) if peak else None,
             "peak_mem_gb": prepared[name]["peak_mem_gb"], "warmup_s": prepared[name]["warmup_s"],
             "loss": losses[name],
+            "sm_clock_mhz": median_or_none([c for sm in samplers[name] for c in sm.clocks_mhz]),
+            "power_w": median_or_none([w for sm in samplers[name] for w in sm.power_w]),
         })
     prepared.clear()
     gc.collect()
@@ -438,13 +489,16 @@ def main() -> None:
 
     print(f"\n{meta['device']}, torch {meta['torch']}, peak bf16 {peak or float('nan'):.0f} TFLOP/s, "
           f"seq {args.seq_len}, {args.tokens_per_step} tokens/step, micro-batch {args.micro_batch}")
-    print(f"{'preset':7} {'contender':13} {'tokens/s':>11} {'MFU':>6} {'step ms':>8} {'peak GB':>8} {'x best base':>11}")
+    print(f"{'preset':7} {'contender':13} {'tokens/s':>11} {'MFU':>6} {'step ms':>8} {'peak GB':>8} {'x best base':>11}"
+          f" {'SM MHz':>7} {'power W':>7}")
     for r in results:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
         ratio = f"{r['vs_best_baseline']:.3f}" if r["vs_best_baseline"] else "-"
+        clock = f"{r['sm_clock_mhz']:.0f}" if r["sm_clock_mhz"] is not None else "-"
+        power = f"{r['power_w']:.0f}" if r["power_w"] is not None else "-"
         print(f"{r['preset']:7} {r['contender']:13} {r['tokens_per_s']:11,.0f} {mfu:>6} {r['step_ms']:8.1f} "
-              f"{mem:>8} {ratio:>11}")
+              f"{mem:>8} {ratio:>11} {clock:>7} {power:>7}")
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 

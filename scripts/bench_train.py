@@ -243,7 +243,9 @@ class ClockSampler:
 
     Evidence for comparisons where the same kernels run at different speeds: a card at its power limit
     lowers its clocks, and how much power a matmul draws depends on the values it multiplies. Takes no
-    samples on the CPU or where NVML cannot be read (``torch.cuda.clock_rate`` needs pynvml).
+    samples on the CPU or where NVML cannot be read (``torch.cuda.clock_rate`` needs pynvml). The
+    trainer's ``training.metrics.ResourceSampler`` reads power the same way but averages it per log
+    interval at 1 s and has no clock; this one samples each timed window at 50 ms.
     """
 
     def __init__(self, device: torch.device, interval: float = 0.05) -> None:
@@ -326,7 +328,8 @@ def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path, s
     by_name: dict[str, list[float]] = {}
     busy, cursor = 0.0, spans[0][0]
     for start, end, name in spans:
-        by_category[kernel_category(name)] = by_category.get(kernel_category(name), 0.0) + (end - start)
+        category = kernel_category(name)
+        by_category[category] = by_category.get(category, 0.0) + (end - start)
         entry = by_name.setdefault(name, [0.0, 0])
         entry[0] += end - start
         entry[1] += 1

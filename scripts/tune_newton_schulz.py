@@ -51,14 +51,15 @@ def time_launch(kernel: str, X: torch.Tensor, A: torch.Tensor, config: dict, gra
 
     batch, m, n = X.shape
     out_mm = torch.empty_like(A)
+    scale = torch.ones(batch, device=X.device)  # read only by SCALED launches; none here
     if kernel == "gram":
         src, k_dim = (X, n) if gram_input == "X" else (A, m)
         tiles = -(-m // config["BLOCK"])
 
         def launch() -> None:
             ns._gram_kernel[(tiles, tiles, batch)](
-                src, A, out_mm, src.stride(0), src.stride(1), A.stride(0), out_mm.stride(0), 1.0, 0.5,
-                M=m, K=k_dim, HAS_C=gram_input == "A", UPCAST=False, **config,
+                src, A, out_mm, scale, src.stride(0), src.stride(1), A.stride(0), out_mm.stride(0), 1.0, 0.5,
+                M=m, K=k_dim, HAS_C=gram_input == "A", SCALED=False, UPCAST=False, **config,
             )
     else:
         out = torch.empty_like(X)
@@ -66,7 +67,8 @@ def time_launch(kernel: str, X: torch.Tensor, A: torch.Tensor, config: dict, gra
 
         def launch() -> None:
             ns._gemm_axpy_kernel[grid](
-                A, X, out, A.stride(0), X.stride(0), out.stride(0), 1.5, M=m, N=n, UPCAST=False, **config
+                A, X, out, scale, A.stride(0), X.stride(0), out.stride(0), 1.5, M=m, N=n, SCALED=False,
+                UPCAST=False, **config,
             )
     try:
         return do_bench(launch)

@@ -72,17 +72,24 @@ def test_gram_kernel_computes_the_full_symmetric_product() -> None:
     """Upper tiles computed, lower tiles mirrored, the ragged edge masked: equals X X^T (fp32, exact maths)."""
     X = torch.randn(2, 40, 24, generator=torch.Generator().manual_seed(1))  # 3 x 3 tiles of 16, last ragged
     out = torch.full((2, 40, 40), float("nan"))
+    scale = torch.tensor([1.0, 0.5])  # per matrix, squared into A when SCALED
     ns._gram_kernel[(3, 3, 2)](
-        X, X, out, X.stride(0), X.stride(1), 0, out.stride(0), 2.0, 0.0,
-        M=40, K=24, HAS_C=False, UPCAST=True, BLOCK=16, BLOCK_K=16,
+        X, X, out, scale, X.stride(0), X.stride(1), 0, out.stride(0), 2.0, 0.0,
+        M=40, K=24, HAS_C=False, SCALED=False, UPCAST=True, BLOCK=16, BLOCK_K=16,
     )  # fmt: skip
     torch.testing.assert_close(out, 2 * X @ X.mT, rtol=1e-5, atol=1e-5)
+    scaled = torch.full_like(out, float("nan"))
+    ns._gram_kernel[(3, 3, 2)](
+        X, X, scaled, scale, X.stride(0), X.stride(1), 0, out.stride(0), 2.0, 0.0,
+        M=40, K=24, HAS_C=False, SCALED=True, UPCAST=True, BLOCK=16, BLOCK_K=16,
+    )  # fmt: skip
+    torch.testing.assert_close(scaled, 2 * scale[:, None, None] ** 2 * (X @ X.mT), rtol=1e-5, atol=1e-5)
     # With the addend: c A A^T + b A for a symmetric A, the second product of every step.
     A = out / 2
     poly = torch.full_like(A, float("nan"))
     ns._gram_kernel[(3, 3, 2)](
-        A, A, poly, A.stride(0), A.stride(1), A.stride(0), poly.stride(0), 0.5, -3.0,
-        M=40, K=40, HAS_C=True, UPCAST=True, BLOCK=16, BLOCK_K=16,
+        A, A, poly, scale, A.stride(0), A.stride(1), A.stride(0), poly.stride(0), 0.5, -3.0,
+        M=40, K=40, HAS_C=True, SCALED=False, UPCAST=True, BLOCK=16, BLOCK_K=16,
     )  # fmt: skip
     torch.testing.assert_close(poly, 0.5 * A @ A - 3.0 * A, rtol=1e-5, atol=1e-3)
 
@@ -158,16 +165,19 @@ def build(fn, signature, constexprs):
     return {"ptx": c.asm["ptx"], "shared": c.metadata.shared}
 
 out = {}
-gram = dict.fromkeys(("X", "C", "Out"), "*bf16") | dict.fromkeys(("stride_xb", "stride_xm", "stride_cb", "stride_ob"), "i32")
+gram = dict.fromkeys(("X", "C", "Out"), "*bf16") | {"Scale": "*fp32"}
+gram |= dict.fromkeys(("stride_xb", "stride_xm", "stride_cb", "stride_ob"), "i32")
 gram |= {"alpha": "fp32", "beta": "fp32"}
-gemm = dict.fromkeys(("S", "X", "Out"), "*bf16") | dict.fromkeys(("stride_sb", "stride_xb", "stride_ob"), "i32") | {"a": "fp32"}
+gemm = dict.fromkeys(("S", "X", "Out"), "*bf16") | {"Scale": "*fp32"}
+gemm |= dict.fromkeys(("stride_sb", "stride_xb", "stride_ob"), "i32") | {"a": "fp32"}
 for m, n in [(768, 768), (768, 2048), (512, 1024), (1024, 1024), (1024, 2816)]:  # the 124m/350m groups, m <= n
     block = ns._block(m)
-    for has_c, k in ((False, n), (True, m)):
-        c = dict(M=m, K=k, HAS_C=has_c, UPCAST=False, BLOCK=block, BLOCK_K=64)
-        out[f"gram {m}x{k} {has_c}"] = build(ns._gram_kernel, gram, c)
-    c = dict(M=m, N=n, UPCAST=False, BLOCK_M=block, BLOCK_N=ns._block(n), BLOCK_K=64)
-    out[f"gemm {m}x{n}"] = build(ns._gemm_axpy_kernel, gemm, c)
+    for has_c, k, scaled in ((False, n, True), (False, n, False), (True, m, False)):  # as _ns_iterate does
+        c = dict(M=m, K=k, HAS_C=has_c, SCALED=scaled, UPCAST=False, BLOCK=block, BLOCK_K=64)
+        out[f"gram {m}x{k} {has_c} {scaled}"] = build(ns._gram_kernel, gram, c)
+    for scaled in (True, False):
+        c = dict(M=m, N=n, SCALED=scaled, UPCAST=False, BLOCK_M=block, BLOCK_N=ns._block(n), BLOCK_K=64)
+        out[f"gemm {m}x{n} {scaled}"] = build(ns._gemm_axpy_kernel, gemm, c)
 print(json.dumps(out))
 """
 
@@ -185,7 +195,8 @@ def test_kernels_compile_for_the_h100() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     built = json.loads(result.stdout.splitlines()[-1])
-    assert len(built) == 13  # 5 GEMMs, 8 distinct Gram configurations (the A^2 ones repeat per m)
+    # 10 GEMMs (first step scaled or not), 13 distinct Gram configurations (the A^2 ones repeat per m)
+    assert len(built) == 23
     for name, kernel in built.items():
         assert ".target sm_90" in kernel["ptx"] and "wgmma.mma_async" in kernel["ptx"], name
         assert "cp.async" in kernel["ptx"], name

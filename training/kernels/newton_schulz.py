@@ -11,6 +11,11 @@ tall, divide by the Frobenius norm, then per step, with the step's ``(a, b, c)``
 Inputs and every intermediate are bf16 with fp32 accumulation, rounded where the reference rounds
 (A, b A + c A^2 and the new X each once), so the two agree to bf16 accumulation-order noise.
 
+The division by the norm is not a pass of its own: the first step's kernels take the unnormalised
+``X`` and a per-matrix scale ``s = 1 / max(||X||_F, eps)`` (fp32), and apply it in their epilogues,
+``A = s^2 X X^T`` and ``X_1 = s (a X + AA X)``, which is the same maths with one rounding fewer
+(the reference rounds ``X / ||X||`` to bf16 first). A non-finite norm makes ``s`` NaN.
+
 What it saves over the reference: X X^T and A^2 are symmetric, so ``_gram_kernel`` runs only the
 programs of the upper-triangular tiles (j >= i) and writes each off-diagonal tile twice (itself and
 its transpose): T(T+1)/2 of T^2 tile products, ~42% fewer FLOPs for the two Gram products at
@@ -50,7 +55,8 @@ reference = zeropower_via_newtonschulz
 def _gram_kernel(
     X,  # (B, M, K) input
     C,  # (B, M, M) symmetric addend (read only when HAS_C)
-    Out,  # (B, M, M) = alpha * X X^T + beta * C
+    Out,  # (B, M, M) = alpha * X X^T + beta * C, times Scale[b]^2 when SCALED
+    Scale,  # (B,) fp32 per-matrix scale of X (read only when SCALED)
     stride_xb,
     stride_xm,
     stride_cb,
@@ -60,6 +66,7 @@ def _gram_kernel(
     M: tl.constexpr,
     K: tl.constexpr,
     HAS_C: tl.constexpr,
+    SCALED: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -90,7 +97,11 @@ def _gram_kernel(
         if UPCAST:
             xi, xj = xi.to(tl.float32), xj.to(tl.float32)
         acc = tl.dot(xi, tl.trans(xj), acc)
-    acc = acc * alpha
+    if SCALED:
+        s = tl.load(Scale + bid)
+        acc = acc * (alpha * s * s)
+    else:
+        acc = acc * alpha
     in_tile = (rows_i[:, None] < M) & (rows_j[None, :] < M)
     if HAS_C:
         c = tl.load(C + bid * stride_cb + rows_i[:, None] * M + rows_j[None, :], mask=in_tile, other=0.0)
@@ -107,13 +118,15 @@ def _gram_kernel(
 def _gemm_axpy_kernel(
     S,  # (B, M, M) left factor (b A + c A^2)
     X,  # (B, M, N)
-    Out,  # (B, M, N) = S X + a X
+    Out,  # (B, M, N) = S X + a X, times Scale[b] when SCALED
+    Scale,  # (B,) fp32 per-matrix scale of X (read only when SCALED)
     stride_sb,
     stride_xb,
     stride_ob,
     a,
     M: tl.constexpr,
     N: tl.constexpr,
+    SCALED: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -143,6 +156,8 @@ def _gemm_axpy_kernel(
     in_tile = (rm[:, None] < M) & (rn[None, :] < N)
     x_here = tl.load(x_ptr + rm[:, None] * N + rn[None, :], mask=in_tile, other=0.0)
     acc += a * x_here.to(tl.float32)
+    if SCALED:
+        acc = acc * tl.load(Scale + bid)
     tl.store(
         Out + bid * stride_ob + rm[:, None] * N + rn[None, :], acc.to(Out.dtype.element_ty), mask=in_tile
     )
@@ -200,9 +215,10 @@ def launch_config(kernel: str, m: int, n: int) -> dict[str, int]:
 
 
 @triton_op("eco_train::newton_schulz_iterate", mutates_args=())
-def _ns_iterate(X: Tensor, coefficients: list[float]) -> Tensor:
-    """Run the quintic steps on a normalised, contiguous ``(B, m, n)`` bf16 batch with ``m <= n``.
+def _ns_iterate(X: Tensor, scale: Tensor, coefficients: list[float]) -> Tensor:
+    """Run the quintic steps on a contiguous ``(B, m, n)`` bf16 batch with ``m <= n``.
 
+    ``scale``: ``(B,)`` fp32, each matrix's ``1 / ||X||_F``, applied by the first step's kernels.
     ``coefficients`` is the flattened per-step schedule ``[a0, b0, c0, a1, b1, c1, ...]``.
     """
     batch, m, n = X.shape
@@ -214,24 +230,36 @@ def _ns_iterate(X: Tensor, coefficients: list[float]) -> Tensor:
     gemm_grid = (triton.cdiv(m, gemm_cfg["BLOCK_M"]), triton.cdiv(n, gemm_cfg["BLOCK_N"]), batch)
     for i in range(0, len(coefficients), 3):
         a, b, c = coefficients[i], coefficients[i + 1], coefficients[i + 2]
+        first = i == 0  # X is not normalised yet: the scale rides in A's and the new X's epilogues
         # A = X X^T
         _launcher(_gram_kernel)[gram_grid](
-            X, X, gram, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0, M=m, K=n,
-            HAS_C=False, UPCAST=_INTERPRETED, **gram_cfg,
+            X, X, gram, scale, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0, M=m, K=n,
+            HAS_C=False, SCALED=first, UPCAST=_INTERPRETED, **gram_cfg,
         )  # fmt: skip
         # b A + c A A  (A symmetric, so A A = A A^T: the same kernel with A as input)
         _launcher(_gram_kernel)[gram_grid](
-            gram, gram, poly, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), c, b, M=m, K=m,
-            HAS_C=True, UPCAST=_INTERPRETED, **gram_cfg,
+            gram, gram, poly, scale, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), c, b,
+            M=m, K=m, HAS_C=True, SCALED=False, UPCAST=_INTERPRETED, **gram_cfg,
         )  # fmt: skip
         # a X + (b A + c A A) X
         out = torch.empty_like(X)
         _launcher(_gemm_axpy_kernel)[gemm_grid](
-            poly, X, out, poly.stride(0), X.stride(0), out.stride(0), a, M=m, N=n, UPCAST=_INTERPRETED,
-            **gemm_cfg,
+            poly, X, out, scale, poly.stride(0), X.stride(0), out.stride(0), a, M=m, N=n, SCALED=first,
+            UPCAST=_INTERPRETED, **gemm_cfg,
         )  # fmt: skip
         X = out
     return X
+
+
+def inverse_norms(X: Tensor, eps: float) -> Tensor:
+    """``1 / max(||X_b||_F, eps)`` per matrix of a ``(B, m, n)`` batch in fp32, NaN for a non-finite norm.
+
+    The norm is the reference's (fp32 accumulation, rounded to bf16): asking ``vector_norm`` for an
+    fp32 result would first copy the batch to fp32. NaN rather than ``1 / inf = 0`` keeps the
+    promise that a non-finite entry makes its whole output matrix NaN.
+    """
+    norm = torch.linalg.vector_norm(X, dim=(-2, -1)).float()
+    return torch.where(norm.isfinite(), 1.0 / norm.clamp(min=eps), torch.nan)
 
 
 def triton_impl(
@@ -249,10 +277,8 @@ def triton_impl(
     if transposed:
         X = X.mT
     batch_shape = X.shape
-    X = X.reshape(-1, batch_shape[-2], batch_shape[-1])
-    # Same normalisation as the reference, in bf16; contiguous() after the division makes it one pass.
-    X = (X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)).contiguous()
-    X = _ns_iterate(X, [float(v) for triple in schedule for v in triple])
+    X = X.reshape(-1, batch_shape[-2], batch_shape[-1]).contiguous()  # a copy only for tall input
+    X = _ns_iterate(X, inverse_norms(X, eps), [float(v) for triple in schedule for v in triple])
     X = X.reshape(batch_shape)
     if transposed:
         X = X.mT

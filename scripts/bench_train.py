@@ -23,9 +23,18 @@ tokens/s, MFU against a bf16 matmul peak measured in the same run, peak memory (
 own, above what those built before it hold), the ratio to the faster baseline, and the median SM
 clock and board power NVML reported during the contender's windows. MFU counts, per token,
 6 x (block matrices + LM head, counted even when tied) + 12 x layers x d_model x seq_len FLOPs.
+The peak is measured again after the last preset (``peak_bf16_tflops_end``): on a card at its power
+limit the two can differ by several percent, and MFU moves with them.
+
+Learning rates: ``--muon-lr`` and ``--c3o-lr`` for Muon + C3O, ``--adamw-lr`` for every contender
+trained with AdamW. How far the weights move changes how fast the same kernels run (PERFORMANCE.md,
+"The optimizer step"). ``--shared-weights`` starts every SigmaLM contender after the first from
+the weights that first one has after its warm-up, so ``sigma`` and ``sigma_adamw`` time the same
+model rather than Muon-trained weights against nearly untouched ones.
 
 ``--device cpu --presets tiny --seq-len 64 --tokens-per-step 512 --steps 1 --repeats 1 --compile off``
-is a smoke check that runs on any machine; only GPU figures mean anything.
+with ``TRITON_INTERPRET=1`` (``sigma_flip`` runs a Triton kernel) is a smoke check that runs on any
+machine (tests/test_bench_scripts.py); only GPU figures mean anything.
 """
 
 from __future__ import annotations
@@ -128,8 +137,21 @@ class PlainLM(nn.Module):
 # ---------------------------------------------------------------------------- contenders
 
 
-def build(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Namespace) -> Callable[[], torch.Tensor]:
-    """A zero-argument training step for ``name`` (returns the loss tensor without syncing)."""
+SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip")
+
+
+def build(
+    name: str,
+    cfg: ModelConfig,
+    device: torch.device,
+    args: argparse.Namespace,
+    start: dict[str, torch.Tensor] | None = None,
+) -> Callable[[], torch.Tensor]:
+    """A zero-argument training step for ``name`` (returns the loss tensor without syncing).
+
+    The step's ``model`` and ``optimizer`` attributes are what it trains and with what. ``start``: a
+    SigmaLM state dict to begin from instead of a fresh initialisation (SigmaLM contenders only).
+    """
     compile_on = args.compile == "on"
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     batches = [torch.randint(0, cfg.vocab_size, (args.micro_batch, args.seq_len + 1), device=device)
@@ -157,7 +179,8 @@ def build(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Name
             def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                 return model(x, y)
         fused = device.type == "cuda"
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)
+        opt = torch.optim.AdamW(model.parameters(), lr=args.adamw_lr, betas=(0.9, 0.95), weight_decay=0.0,
+                                fused=fused)
         fwd = torch.compile(loss_of) if compile_on else loss_of
 
         def step() -> torch.Tensor:
@@ -173,26 +196,27 @@ def build(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Name
             opt.zero_grad(set_to_none=True)
             return total / accum
 
+        step.model, step.optimizer = model, opt
         return step
 
     model = SigmaLM(cfg).to(device)
     param_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     for p in model.parameters():
         p.data = p.data.to(param_dtype)
-    choices = kernel_choices(args, device)
-    if name == "sigma_flip":
-        choices = {op: ("torch" if mode == "triton" else "triton") if op in args.flip_ops else mode
-                   for op, mode in choices.items()}
+    if start is not None:
+        model.load_state_dict(start)
+    choices = flipped_choices(args, device) if name == "sigma_flip" else kernel_choices(args, device)
     kernels.apply_to_model(model, choices)
     if name != "sigma_adamw":
         pair = build_optimizers(
-            model, lr=3e-3, muon_lr=0.02, weight_decay=0.0, betas=(0.9, 0.95), c3o_state_dtype=param_dtype,
-            c3o_cautious=True, muon_momentum=0.95, ns_steps=5,
+            model, lr=args.c3o_lr, muon_lr=args.muon_lr, weight_decay=0.0, betas=(0.9, 0.95),
+            c3o_state_dtype=param_dtype, c3o_cautious=True, muon_momentum=0.95, ns_steps=5,
             ns_fn=kernels.ns_fn(choices), compile=compile_on,
         )
     else:
         fused = device.type == "cuda"
-        pair = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)
+        pair = torch.optim.AdamW(model.parameters(), lr=args.adamw_lr, betas=(0.9, 0.95), weight_decay=0.0,
+                                 fused=fused)
     fwd = torch.compile(model) if compile_on else model
     params = list(model.parameters())
 
@@ -212,6 +236,7 @@ def build(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Name
         pair.zero_grad(set_to_none=True)
         return total / accum
 
+    step.model, step.optimizer = model, pair
     return step
 
 
@@ -220,6 +245,32 @@ def kernel_choices(args: argparse.Namespace, device: torch.device) -> dict[str, 
     if args.triton_ops is None:
         return kernels.resolve(args.kernels, device, compile=args.compile == "on")
     return {op: "triton" if op in args.triton_ops else "torch" for op in kernels.KERNELS}
+
+
+def flipped_choices(args: argparse.Namespace, device: torch.device) -> dict[str, str]:
+    """``sigma_flip``'s kernels: :func:`kernel_choices` with the ops in ``--flip-ops`` reversed."""
+    return {op: ("torch" if mode == "triton" else "triton") if op in args.flip_ops else mode
+            for op, mode in kernel_choices(args, device).items()}
+
+
+def check_kernels_can_run(args: argparse.Namespace, device: torch.device) -> None:
+    """Exit with the reason and the fix if a contender would run a Triton kernel where none can run.
+
+    ``--triton-ops`` and ``sigma_flip`` choose Triton kernels without ``kernels.resolve``'s checks; on
+    the CPU they need ``TRITON_INTERPRET=1`` and ``--compile off``.
+    """
+    sets = {"--triton-ops": kernel_choices(args, device)}
+    if "sigma_flip" in args.contenders:
+        sets["sigma_flip"] = flipped_choices(args, device)
+    usable, reason = kernels.triton_status(device)
+    for who, choices in sets.items():
+        ops = sorted(op for op, mode in choices.items() if mode == "triton")
+        if ops and not usable:
+            raise SystemExit(f"{who} runs Triton kernels ({', '.join(ops)}), but {reason}; fix: run on a GPU, "
+                             "set TRITON_INTERPRET=1, or leave sigma_flip out of --contenders")
+        if ops and device.type != "cuda" and args.compile == "on":
+            raise SystemExit(f"{who} runs Triton kernels ({', '.join(ops)}) in the interpreter, which "
+                             "torch.compile cannot trace; fix: --compile off")
 
 
 def time_steps(step: Callable[[], torch.Tensor], n: int, device: torch.device) -> tuple[float, float]:
@@ -374,14 +425,20 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * cfg.num_matmul_params() + 12.0 * cfg.n_layer * cfg.d_model * seq_len
 
 
-def prepare_contender(name: str, cfg: ModelConfig, device: torch.device, args: argparse.Namespace) -> dict:
-    """Build ``name``'s step and run its warm-up; its own peak memory is measured here, above what the
-    contenders built before it hold."""
+def prepare_contender(
+    name: str,
+    cfg: ModelConfig,
+    device: torch.device,
+    args: argparse.Namespace,
+    start: dict[str, torch.Tensor] | None = None,
+) -> dict:
+    """Build ``name``'s step (from ``start``'s weights if given) and run its warm-up; its own peak
+    memory is measured here, above what the contenders built before it hold."""
     held = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
-    step = build(name, cfg, device, args)
+    step = build(name, cfg, device, args, start)
     t0 = time.perf_counter()
     time_steps(step, args.warmup, device)  # compile + autotune + allocator warm-up
     return {
@@ -392,7 +449,16 @@ def prepare_contender(name: str, cfg: ModelConfig, device: torch.device, args: a
 
 def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace, peak: float | None) -> list[dict]:
     """One result row per contender: all built first, then timed in interleaved windows."""
-    prepared = {name: prepare_contender(name, cfg, device, args) for name in args.contenders}
+    prepared, start, start_from = {}, None, {}
+    for name in args.contenders:
+        prepared[name] = prepare_contender(name, cfg, device, args, start if name in SIGMA_FAMILY else None)
+        if name in SIGMA_FAMILY and args.shared_weights:
+            if start is None:  # the first SigmaLM contender: the others start where its warm-up left it
+                start_name = name
+                start = {k: v.detach().clone() for k, v in prepared[name]["step"].model.state_dict().items()}
+            else:
+                start_from[name] = start_name
+    start = None
     windows: dict[str, list[float]] = {name: [] for name in args.contenders}
     samplers: dict[str, list[ClockSampler]] = {name: [] for name in args.contenders}
     losses = dict.fromkeys(args.contenders, math.nan)
@@ -413,7 +479,7 @@ def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
             "contender": name, "step_ms": step_s * 1e3, "step_ms_runs": [s * 1e3 for s in windows[name]],
             "tokens_per_s": tokens_per_s, "mfu": fpt * tokens_per_s / (peak * 1e12) if peak else None,
             "peak_mem_gb": prepared[name]["peak_mem_gb"], "warmup_s": prepared[name]["warmup_s"],
-            "loss": losses[name],
+            "loss": losses[name], "start_weights": start_from.get(name, "init"),
             "sm_clock_mhz": median_or_none([c for sm in samplers[name] for c in sm.clocks_mhz]),
             "power_w": median_or_none([w for sm in samplers[name] for w in sm.power_w]),
         })
@@ -449,6 +515,11 @@ def main() -> None:
                    help="change ModelConfig fields of every preset for every contender, e.g. n_head=6 head_dim=128")
     p.add_argument("--inductor", nargs="+", default=[], metavar="KEY=VALUE",
                    help="set torch._inductor.config options for every contender, e.g. coordinate_descent_tuning=1")
+    p.add_argument("--muon-lr", type=float, default=0.02, help="Muon's learning rate (sigma, sigma_flip)")
+    p.add_argument("--c3o-lr", type=float, default=3e-3, help="C3O's learning rate (sigma, sigma_flip)")
+    p.add_argument("--adamw-lr", type=float, default=3e-4, help="AdamW's (hf_qwen3, plain, sigma_adamw)")
+    p.add_argument("--shared-weights", action="store_true",
+                   help="SigmaLM contenders after the first start from its weights after its warm-up")
     args = p.parse_args()
     device = torch.device(args.device)
     args.micro_batch = args.micro_batch or args.tokens_per_step // args.seq_len
@@ -458,6 +529,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     overrides = dict(parse_setting(item) for item in args.override)
+    check_kernels_can_run(args, device)
     if args.inductor:
         import torch._inductor.config as inductor_config
 
@@ -489,8 +561,11 @@ def main() -> None:
         results.extend(rows)
         if args.json:  # after each preset: a run cut short still leaves what it measured
             Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    if device.type == "cuda":  # the same measurement after the work: how far the card's peak moved meanwhile
+        meta["peak_bf16_tflops_end"] = bf16_matmul_peak_tflops()
 
-    print(f"\n{meta['device']}, torch {meta['torch']}, peak bf16 {peak or float('nan'):.0f} TFLOP/s, "
+    print(f"\n{meta['device']}, torch {meta['torch']}, peak bf16 {peak or float('nan'):.0f} TFLOP/s "
+          f"(after the runs: {meta.get('peak_bf16_tflops_end') or float('nan'):.0f}; MFU uses the first), "
           f"seq {args.seq_len}, {args.tokens_per_step} tokens/step, micro-batch {args.micro_batch}")
     print(f"{'preset':7} {'contender':13} {'tokens/s':>11} {'MFU':>6} {'step ms':>8} {'peak GB':>8} {'x best base':>11}"
           f" {'SM MHz':>7} {'power W':>7}")

@@ -1,0 +1,100 @@
+"""The benchmark scripts behind PERFORMANCE.md still run: CPU smoke checks, tiny preset.
+
+Their figures mean something only on a GPU; these catch a script broken by a change elsewhere
+(a kernel's signature, an optimizer's arguments) before a device call is spent on it.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench_train  # noqa: E402
+
+from model.config import from_preset  # noqa: E402
+
+TINY_RUN = ["--device", "cpu", "--presets", "tiny", "--seq-len", "64", "--tokens-per-step", "512", "--steps", "1",
+            "--repeats", "1", "--warmup", "1", "--compile", "off"]
+
+
+def run_script(name: str, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_bench_train_smoke_with_shared_weights(tmp_path: Path) -> None:
+    out = tmp_path / "bench_train.json"
+    result = run_script("bench_train.py", *TINY_RUN, "--contenders", "plain", "sigma", "sigma_adamw",
+                        "--shared-weights", "--adamw-lr", "1e-3", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["meta"]["argv"][-1] == str(out)
+    rows = {row["contender"]: row for row in report["results"]}
+    assert list(rows) == ["plain", "sigma", "sigma_adamw"]
+    assert rows["plain"]["start_weights"] == rows["sigma"]["start_weights"] == "init"
+    assert rows["sigma_adamw"]["start_weights"] == "sigma"
+    for row in rows.values():
+        assert row["tokens_per_s"] > 0 and row["step_ms"] > 0 and row["loss"] == pytest.approx(row["loss"])
+        assert row["mfu"] is None and row["sm_clock_mhz"] is None  # no peak and no NVML on the CPU
+    assert rows["plain"]["vs_best_baseline"] == 1.0
+
+
+def tiny_args(**changes: object) -> argparse.Namespace:
+    """What bench_train's parser gives for a CPU run of the tiny preset."""
+    args = argparse.Namespace(
+        compile="off", micro_batch=2, seq_len=32, tokens_per_step=64, warmup=2, kernels="torch", triton_ops=None,
+        flip_ops=["linear_ce"], muon_lr=0.02, c3o_lr=3e-3, adamw_lr=3e-4, shared_weights=False,
+        contenders=["sigma", "sigma_adamw"],
+    )
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+def test_shared_weights_start_where_the_first_contender_stopped() -> None:
+    """``start`` replaces the fresh initialisation, every tensor of it, and the warm-up trains from there."""
+    cfg = from_preset("tiny", vocab_size=256, max_seq_len=32)
+    args, device = tiny_args(), torch.device("cpu")
+    first = bench_train.prepare_contender("sigma", cfg, device, args)
+    trained = {k: v.detach().clone() for k, v in first["step"].model.state_dict().items()}
+    fresh = bench_train.build("sigma_adamw", cfg, device, args).model.state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in trained.items())  # the warm-up moved the weights
+    shared = bench_train.build("sigma_adamw", cfg, device, args, start=trained).model.state_dict()
+    assert shared.keys() == trained.keys()
+    assert all(torch.equal(shared[k], v) for k, v in trained.items())
+
+
+def test_learning_rates_reach_the_optimizers() -> None:
+    cfg = from_preset("tiny", vocab_size=256, max_seq_len=32)
+    args, device = tiny_args(muon_lr=0.05, c3o_lr=1e-4, adamw_lr=2e-3), torch.device("cpu")
+    pair = bench_train.build("sigma", cfg, device, args).optimizer
+    assert {g["lr"] for g in pair.muon.param_groups} == {0.05}
+    assert {g["lr"] for g in pair.c3o.param_groups} == {1e-4}
+    for name in ("sigma_adamw", "plain"):
+        adamw = bench_train.build(name, cfg, device, args).optimizer
+        assert isinstance(adamw, torch.optim.AdamW) and {g["lr"] for g in adamw.param_groups} == {2e-3}
+
+
+def test_sigma_flip_without_triton_exits_with_the_fix() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = run_script("bench_train.py", *TINY_RUN, "--contenders", "sigma", "sigma_flip", env=env)
+    assert result.returncode != 0
+    assert "sigma_flip runs Triton kernels (linear_ce)" in result.stderr and "TRITON_INTERPRET=1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bench_optim_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench_optim.json"
+    result = run_script("bench_optim.py", "--device", "cpu", "--presets", "tiny", "--steps", "2", "--repeats", "1",
+                        "--warmup", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    variants = {row["variant"] for row in rows}
+    assert {"ours ns=torch +ok", "torch Muon + fused AdamW", "fused AdamW (all)"} <= variants
+    assert all(row["median_ms"] > 0 for row in rows)

@@ -4,12 +4,13 @@
 #   scripts/gpu_figures.sh OUT_DIR step350   # training step 350m + kernel table + optimizer step 350m
 #   scripts/gpu_figures.sh OUT_DIR ab        # linear + CE on/off in the step at both sizes; NS vs cuBLAS
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
+#   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
 #                                            # (needs PyInstaller importable, e.g. from wheels on PYTHONPATH)
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|binary}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|binary}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|delta|binary}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|delta|binary}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -49,6 +50,13 @@ case $part in
         bench bench_compile_cache 250 python3 scripts/bench_compile_cache.py --preset 124m \
             --json "$out/compile_cache.json"
         bench gpu_tests 300 python3 -m pytest -q tests/test_gpu.py tests/test_gpu_optim.py
+        ;;
+    delta)  # is the unexplained part of sigma - sigma_adamw the weights? (PERFORMANCE.md, "The optimizer step")
+        bench bench_train_shared 260 python3 scripts/bench_train.py --presets 124m --contenders sigma sigma_adamw \
+            --shared-weights --steps 8 --repeats 5 --warmup 4 --json "$out/bench_train_shared.json"
+        bench bench_train_still 260 python3 scripts/bench_train.py --presets 124m --contenders sigma sigma_adamw \
+            --muon-lr 1e-6 --c3o-lr 1e-7 --adamw-lr 1e-7 --steps 8 --repeats 5 --warmup 4 \
+            --json "$out/bench_train_still.json"
         ;;
     binary)
         bench build_exe 280 python3 -m PyInstaller --noconfirm eco_train.spec

@@ -9,7 +9,7 @@ Backward: straight-through, d/dW and d/dx as if no quantisation happened, so the
 learning. Embedding, LM head and norms stay full precision (``model/decoder.py`` builds a BitLinear
 only for the linears inside the blocks).
 
-Numerics, shared with the fused Triton quantiser in ``training/kernels/bitnet.py`` so that the two agree
+Numerics, shared with the fused Triton quantiser in ``model/kernels/bitnet.py`` so that the two agree
 bit for bit: both quantisers compute in fp32 whatever the input dtype (bf16 rounding of ``W / s_w``
 would move values across the 0.5 decision boundary) and return the input's dtype; ``round`` is
 round-half-to-even; divisions are IEEE-rounded. The weight absmean is accumulated in fp64 and then

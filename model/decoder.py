@@ -41,7 +41,7 @@ IGNORE_INDEX = -100  # target id excluded from the loss (padding, prompt tokens)
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim in fp32, cast back before the weight multiply (as HF's Qwen3RMSNorm).
 
-    The signature every RMSNorm kernel shares (``training/kernels`` swaps in a Triton one).
+    The signature every RMSNorm kernel shares (``model/kernels`` swaps in a Triton one).
     """
     x_f32 = x.float()
     x_f32 = x_f32 * torch.rsqrt(x_f32.pow(2).mean(-1, keepdim=True) + eps)

@@ -2,7 +2,7 @@
 
     python3 scripts/bench_kernels.py --presets 124m 350m --json kernels.json
 
-For every op in ``training.kernels.KERNELS`` it asks the kernel module for its ``bench_cases(preset)``
+For every op in ``model.kernels.KERNELS`` it asks the kernel module for its ``bench_cases(preset)``
 (the shapes the 124M and 350M presets run), then times both sides with ``triton.testing.do_bench``
 (median of its repetitions; forward + backward where the case says so) and reports the speed-up and
 the relative error ``||triton - reference|| / ||reference||`` over every output and input gradient.
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.kernels import KERNELS  # noqa: E402
+from model.kernels import KERNELS  # noqa: E402
 
 
 def _as_tuple(out) -> tuple[torch.Tensor, ...]:
@@ -74,7 +74,7 @@ def main() -> None:
     print(json.dumps({"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
                       "triton": triton.__version__}), flush=True)
     for op in args.ops:
-        module = importlib.import_module(f"training.kernels.{KERNELS[op][0]}")
+        module = importlib.import_module(f"model.kernels.{KERNELS[op][0]}")
         for preset in args.presets:
             for case in module.bench_cases(preset):
                 torch.manual_seed(0)

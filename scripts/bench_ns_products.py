@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tune_newton_schulz import joined_groups  # noqa: E402
 
-from training.kernels import newton_schulz as ns  # noqa: E402
+from model.kernels import newton_schulz as ns  # noqa: E402
 
 
 def time_group(preset: str, batch: int, m: int, n: int) -> list[dict]:

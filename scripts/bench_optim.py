@@ -74,7 +74,7 @@ def variants(device: torch.device) -> dict[str, Callable[[SigmaLM], Callable[[],
         def build(model: SigmaLM) -> Callable[[], None]:
             ns_fn = None
             if ns == "triton":
-                from training.kernels import newton_schulz
+                from model.kernels import newton_schulz
 
                 ns_fn = newton_schulz.triton_impl
             elif ns == "compiled":

@@ -61,10 +61,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_throughput import bf16_matmul_peak_tflops  # noqa: E402
 
+from model import kernels  # noqa: E402
 from model.config import ModelConfig, from_preset  # noqa: E402
 from model.decoder import SigmaLM  # noqa: E402
 from model.hf_compat import config_to_hf  # noqa: E402
-from training import kernels  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
 CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip")

@@ -7,7 +7,7 @@ the transposed down projection as ``Muon`` does), it times each of the three lau
 Newton–Schulz step, ``A = X X^T`` and ``b A + c A A`` (``_gram_kernel``) and ``a X + (b A + c A A) X``
 (``_gemm_axpy_kernel``), under every setting in the grids below, with ``triton.testing.do_bench``
 medians; then the whole ``triton_impl`` (5 steps) with the default settings and with the fastest per
-kernel. ``training/kernels/newton_schulz.py:launch_config`` holds the settings that ship, chosen from
+kernel. ``model/kernels/newton_schulz.py:launch_config`` holds the settings that ship, chosen from
 this output.
 """
 
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.kernels import newton_schulz as ns  # noqa: E402
+from model.kernels import newton_schulz as ns  # noqa: E402
 from training.optim.muon import wide_shape  # noqa: E402
 
 GRAM_GRID = [

@@ -2,7 +2,7 @@
 
 The kernel tests run where Triton runs: on the GPU when there is one, else on the CPU under
 ``TRITON_INTERPRET=1`` (set below, before the kernels are defined) on tiny shapes. "Equal" means
-``torch.equal`` (so -0.0 == 0.0); ``training/kernels/bitnet.py`` says why the two agree bit for bit and
+``torch.equal`` (so -0.0 == 0.0); ``model/kernels/bitnet.py`` says why the two agree bit for bit and
 the one case (probability ~1e-5 per matrix) where the weight scale may not.
 """
 
@@ -25,7 +25,7 @@ from training.optim import OptimizerPair, build_optimizers, split_params
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated, on import
-from training.kernels import bitnet as kb  # noqa: E402
+from model.kernels import bitnet as kb  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run in these tests
 REPO = Path(__file__).resolve().parent.parent
@@ -136,7 +136,7 @@ SM90_COMPILE = """
 import json, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from training.kernels import bitnet as kb
+from model.kernels import bitnet as kb
 
 def build(fn, signature, constexprs, num_warps):
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)

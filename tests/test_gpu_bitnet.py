@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from model.bitnet import int8_activation, ternary_weight
 from model.config import ModelConfig
 from model.decoder import SigmaLM
-from training.kernels import bitnet as kb
+from model.kernels import bitnet as kb
 from training.optim import build_optimizers
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -14,7 +14,7 @@ import torch
 
 from model.config import ModelConfig
 from model.decoder import IGNORE_INDEX, SigmaLM
-from training.kernels import linear_ce, rmsnorm
+from model.kernels import linear_ce, rmsnorm
 
 pytestmark = [
     pytest.mark.gpu,

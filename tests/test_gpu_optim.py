@@ -20,7 +20,7 @@ pytestmark = pytest.mark.gpu
 
 from model.config import from_preset  # noqa: E402
 from model.decoder import SigmaLM  # noqa: E402
-from training.kernels import newton_schulz as ns  # noqa: E402
+from model.kernels import newton_schulz as ns  # noqa: E402
 from training.optim import (  # noqa: E402
     POLAR_EXPRESS_COEFFICIENTS,
     OptimizerPair,

@@ -21,10 +21,10 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from model.config import PRESETS, ModelConfig  # noqa: E402
 from model.decoder import IGNORE_INDEX, SigmaLM  # noqa: E402
-from training.kernels import linear_ce, rmsnorm  # noqa: E402
+from model.kernels import linear_ce, rmsnorm  # noqa: E402
 
 if not isinstance(rmsnorm._rms_norm_fwd_kernel, InterpretedFunction):
-    raise RuntimeError("training.kernels.rmsnorm was imported before TRITON_INTERPRET=1 was set; "
+    raise RuntimeError("model.kernels.rmsnorm was imported before TRITON_INTERPRET=1 was set; "
                        "run pytest with TRITON_INTERPRET=1 in the environment")
 
 

@@ -26,7 +26,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 from torch import nn  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-from training.kernels import newton_schulz as ns  # noqa: E402
+from model.kernels import newton_schulz as ns  # noqa: E402
 from training.optim import (  # noqa: E402
     POLAR_EXPRESS_COEFFICIENTS,
     Muon,
@@ -38,7 +38,7 @@ from training.optim.newton_schulz import DEFAULT_NS_COEFFICIENTS  # noqa: E402
 
 if not isinstance(ns._gram_kernel, InterpretedFunction):
     raise RuntimeError(
-        "training.kernels.newton_schulz was imported before TRITON_INTERPRET=1 was set; "
+        "model.kernels.newton_schulz was imported before TRITON_INTERPRET=1 was set; "
         "run pytest with TRITON_INTERPRET=1 in the environment"
     )
 
@@ -154,7 +154,7 @@ SM90_COMPILE = """
 import json, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from training.kernels import newton_schulz as ns
+from model.kernels import newton_schulz as ns
 
 def build(fn, signature, constexprs):
     # What the JIT assumes of real launches: 16-byte aligned pointers, strides divisible by 16.

@@ -1,9 +1,9 @@
-"""CPU tests of the one place that picks Triton kernel or PyTorch reference (training/kernels/__init__.py)."""
+"""CPU tests of the one place that picks Triton kernel or PyTorch reference (model/kernels/__init__.py)."""
 
 import pytest
 import torch
 
-from training import kernels
+from model import kernels
 
 CPU = torch.device("cpu")
 

@@ -24,7 +24,7 @@ class HardwareConfig:
     compile: str = "auto"
     """auto | on | off: torch.compile of the model."""
     kernels: str = "auto"
-    """auto | triton | torch: which kernels run (see training.kernels)."""
+    """auto | triton | torch: which kernels run (see model.kernels)."""
     compile_cache: bool = True
     """persist torch.compile's cache next to the checkpoints."""
 

@@ -24,11 +24,12 @@ import numpy as np
 import psutil
 import torch
 
+from model import kernels
 from model.bitnet import BitLinear
 from model.config import ModelConfig, from_preset
 from model.decoder import SigmaLM
 from model.hf_compat import export_hf, load_hf
-from training import console, faults, kernels
+from training import console, faults
 from training.checkpoint import (
     CheckpointError,
     Snapshot,

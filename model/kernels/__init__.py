@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-# op name -> (module under training.kernels, on by default under --kernels auto on CUDA).
+# op name -> (module under model.kernels, on by default under --kernels auto on CUDA).
 # Flip an AUTO flag only with a benchmark in PERFORMANCE.md that shows the kernel winning.
 # H100 (PERFORMANCE.md): Newton-Schulz wins its kernel table, 1.16-1.36x. Linear + CE ties there in
 # isolation (1.01-1.02x) but wins in the training step, timed interleaved with the compiled reference
@@ -78,7 +78,7 @@ def resolve(mode: str, device: torch.device, *, compile: bool = False) -> dict[s
 def kernel(op: str, choice: str) -> Callable:
     """The callable for ``op`` (a key of :data:`KERNELS`) under ``choice`` (``"triton"``/``"torch"``)."""
     module_name, _ = KERNELS[op]
-    module = importlib.import_module(f"training.kernels.{module_name}")
+    module = importlib.import_module(f"model.kernels.{module_name}")
     return module.triton_impl if choice == "triton" else module.reference
 
 

@@ -63,8 +63,8 @@ def one_run(args: argparse.Namespace, out: Path, level: str) -> dict:
     warm = steps[args.skip_logs:]
     if not warm:
         raise SystemExit("not enough steps after warm-up; raise --steps")
-    gpu_fields = ("gpu_util_percent", "gpu_mem_alloc_gb", "gpu_mem_reserved_gb", "gpu_power_w", "phase_data_s",
-                  "perf_bottleneck_stage", "perf_bottleneck_share", "effective_step_time_s")
+    gpu_fields = ("gpu_util_percent", "gpu_mem_alloc_gb", "gpu_mem_reserved_gb", "gpu_power_w", "gpu_sm_clock_mhz",
+                  "phase_data_s", "perf_bottleneck_stage", "perf_bottleneck_share", "effective_step_time_s")
     return {
         "metrics_level": level,
         "last_step_record": {k: warm[-1].get(k) for k in gpu_fields},

@@ -20,8 +20,9 @@ All contenders of a preset are built and warmed up first (compilation and warm-u
 timed in turns: ``--repeats`` rounds, each one window of ``--steps`` steps (CUDA events) per
 contender, so clock or thermal drift hits every contender alike. The median window is reported:
 tokens/s, MFU against a bf16 matmul peak measured in the same run, peak memory (each contender's
-own, above what those built before it hold), the ratio to the faster baseline, and the median SM
-clock and board power NVML reported during the contender's windows. MFU counts, per token,
+own, above what those built before it hold), the ratio to the faster baseline, and the SM clock
+and board power NVML reported during the contender's windows (sampled every 50 ms by the trainer's
+``ResourceSampler``, averaged per window, the median window). MFU counts, per token,
 6 x (block matrices + LM head, counted even when tied) + 12 x layers x d_model x seq_len FLOPs.
 The peak is measured again after the last preset (``peak_bf16_tflops_end``): on a card at its power
 limit the two can differ by several percent, and MFU moves with them.
@@ -47,7 +48,6 @@ import math
 import platform
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +65,7 @@ from model import kernels  # noqa: E402
 from model.config import ModelConfig, from_preset  # noqa: E402
 from model.decoder import SigmaLM  # noqa: E402
 from model.hf_compat import config_to_hf  # noqa: E402
+from training.metrics import ResourceSampler  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
 CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip")
@@ -289,48 +290,6 @@ def time_steps(step: Callable[[], torch.Tensor], n: int, device: torch.device) -
     return (time.perf_counter() - t0) / n, float(loss)
 
 
-class ClockSampler:
-    """While open, samples the GPU's SM clock (MHz) and board power (W) through NVML every ``interval`` s.
-
-    Evidence for comparisons where the same kernels run at different speeds: a card at its power limit
-    lowers its clocks, and how much power a matmul draws depends on the values it multiplies. Takes no
-    samples on the CPU or where NVML cannot be read (``torch.cuda.clock_rate`` needs pynvml). The
-    trainer's ``training.metrics.ResourceSampler`` reads power the same way but averages it per log
-    interval at 1 s and has no clock; this one samples each timed window at 50 ms.
-    """
-
-    def __init__(self, device: torch.device, interval: float = 0.05) -> None:
-        self.device, self.interval = device, interval
-        self.clocks_mhz: list[float] = []
-        self.power_w: list[float] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> ClockSampler:
-        if self.device.type == "cuda" and self._read():
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _read(self) -> bool:
-        try:
-            clock, power = torch.cuda.clock_rate(self.device), torch.cuda.power_draw(self.device) / 1000.0
-        except Exception:  # noqa: BLE001 - no NVML here: no samples, never a failed benchmark
-            return False
-        self.clocks_mhz.append(float(clock))
-        self.power_w.append(power)
-        return True
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval) and self._read():
-            pass
-
-
 KERNEL_CATEGORIES = (  # first match wins; the profile summary's rows
     ("newton_schulz", ("_gram_kernel", "_gemm_axpy_kernel")),
     ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
@@ -402,7 +361,8 @@ def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path, s
     out.with_name(out.stem + "_summary.txt").write_text("\n".join(lines) + "\n")
 
 
-def median_or_none(values: list[float]) -> float | None:
+def median_or_none(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
 
 
@@ -460,14 +420,17 @@ def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
                 start_from[name] = start_name
     start = None
     windows: dict[str, list[float]] = {name: [] for name in args.contenders}
-    samplers: dict[str, list[ClockSampler]] = {name: [] for name in args.contenders}
+    # NVML's SM clock and board power every 50 ms, averaged per timed window (nothing on the CPU).
+    resources = ResourceSampler(device, interval_s=0.05)
+    readings: dict[str, list[dict]] = {name: [] for name in args.contenders}
     losses = dict.fromkeys(args.contenders, math.nan)
     for _ in range(args.repeats):
         for name in args.contenders:
-            with ClockSampler(device) as sampler:
-                seconds, losses[name] = time_steps(prepared[name]["step"], args.steps, device)
+            resources.read()  # drop what was sampled between windows
+            seconds, losses[name] = time_steps(prepared[name]["step"], args.steps, device)
+            readings[name].append(resources.read())
             windows[name].append(seconds)
-            samplers[name].append(sampler)
+    resources.close()
     rows = []
     fpt = flops_per_token(cfg, args.seq_len)
     for name in args.contenders:
@@ -480,8 +443,8 @@ def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
             "tokens_per_s": tokens_per_s, "mfu": fpt * tokens_per_s / (peak * 1e12) if peak else None,
             "peak_mem_gb": prepared[name]["peak_mem_gb"], "warmup_s": prepared[name]["warmup_s"],
             "loss": losses[name], "start_weights": start_from.get(name, "init"),
-            "sm_clock_mhz": median_or_none([c for sm in samplers[name] for c in sm.clocks_mhz]),
-            "power_w": median_or_none([w for sm in samplers[name] for w in sm.power_w]),
+            "sm_clock_mhz": median_or_none([r["gpu_sm_clock_mhz"] for r in readings[name]]),
+            "power_w": median_or_none([r["gpu_power_w"] for r in readings[name]]),
         })
     prepared.clear()
     gc.collect()

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from entry import run_eco_train
 
-from training.metrics import STAGES, bottleneck
+from training.metrics import STAGES, ResourceSampler, bottleneck
 
 TINY = [
     "--device", "cpu", "--model-preset", "tiny", "--seq-len", "32", "--batch-size", "4",
@@ -29,7 +30,8 @@ STEP_SCHEMA: dict[str, tuple] = {
     **{f"phase_{s}_s": NUMBER for s in STAGES},
 }
 # No GPU here: these must be present and null, never a made-up number.
-NULL_ON_CPU = ("gpu_util_percent", "gpu_mem_alloc_gb", "gpu_mem_reserved_gb", "gpu_power_w", "mfu")
+NULL_ON_CPU = ("gpu_util_percent", "gpu_mem_alloc_gb", "gpu_mem_reserved_gb", "gpu_power_w", "gpu_sm_clock_mhz",
+               "mfu")
 FEATURES = ("muon", "c3o", "compile", "bootstrap_seed", "checkpoint", "nonfinite_guard", "eval", "samples")
 STARTUP_SCHEMA = ("startup_init_s", "time_to_first_batch_s", "time_to_first_step_s", "checkpoint_resume_step",
                   "checkpoint_quarantine_count", "instant_inversion_iters", "instant_inversion_rel_residual",
@@ -137,3 +139,39 @@ def test_bottleneck_unit():
     assert bottleneck(stage_s, 1.0) == (STAGES.index("forward"), "forward", 0.6)
     assert bottleneck({}, 1.0)[1] == "other"
     assert bottleneck({}, 0.0) == (None, None, None)
+
+
+class FakeNVML:
+    """Stands in for the NVML readings torch.cuda exposes (no GPU here): scripted values, or a raise."""
+
+    def __init__(self, monkeypatch, *, clocks: list[float] | None) -> None:
+        self.util = iter([10.0, 50.0, 70.0])  # the first answers the sampler's probe
+        self.power_mw, self.clocks = iter([600_000.0, 700_000.0]), clocks
+        monkeypatch.setattr(torch.cuda, "utilization", lambda device=None: next(self.util))
+        monkeypatch.setattr(torch.cuda, "power_draw", lambda device=None: next(self.power_mw))
+        monkeypatch.setattr(torch.cuda, "clock_rate", self.clock_rate)
+
+    def clock_rate(self, device=None) -> float:
+        if self.clocks is None:
+            raise RuntimeError("NVML: Not Supported")  # what some virtualised GPUs answer
+        return self.clocks.pop(0)
+
+
+def test_resource_sampler_averages_gpu_readings_including_the_clock(monkeypatch):
+    FakeNVML(monkeypatch, clocks=[1635.0, 1665.0])
+    sampler = ResourceSampler(torch.device("cuda"), enabled=False)  # no thread: samples taken by hand
+    sampler._samples = [sampler._sample(), sampler._sample()]
+    reading = sampler.read()
+    assert reading["gpu_util_percent"] == 60.0  # (50 + 70) / 2
+    assert reading["gpu_power_w"] == 650.0
+    assert reading["gpu_sm_clock_mhz"] == 1650.0
+
+
+def test_resource_sampler_without_clocks_keeps_the_other_readings(monkeypatch):
+    FakeNVML(monkeypatch, clocks=None)
+    sampler = ResourceSampler(torch.device("cuda"), enabled=False)
+    sampler._samples = [sampler._sample(), sampler._sample()]
+    reading = sampler.read()
+    assert reading["gpu_sm_clock_mhz"] is None  # null, never invented
+    assert reading["gpu_util_percent"] == 60.0 and reading["gpu_power_w"] == 650.0
+    assert sampler._nvml  # a missing clock does not turn the other readings off

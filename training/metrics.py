@@ -187,9 +187,10 @@ def bottleneck(stage_s: dict[str, float], wall_s: float) -> tuple[int | None, st
 
 
 class ResourceSampler:
-    """Samples CPU, RAM, GPU utilisation and power on a background thread (never blocks the loop).
+    """Samples CPU, RAM, GPU utilisation, power and SM clock on a background thread (never blocks the loop).
 
     `read()` returns the averages since the last read; GPU fields are null without a GPU or NVML.
+    The clock shows throttling: a card at its power limit lowers it, and the same work takes longer.
     """
 
     def __init__(self, device: torch.device, *, interval_s: float = 1.0, enabled: bool = True):
@@ -204,6 +205,7 @@ class ResourceSampler:
         self._samples: list[tuple[float | None, ...]] = []
         self._stop = threading.Event()
         self._nvml = device.type == "cuda" and self._probe_nvml()
+        self._clock = self._nvml  # some virtualised GPUs report utilisation but not clocks
         psutil.cpu_percent(interval=None)  # the first call only primes the counter
         self._thread = threading.Thread(target=self._run, name="eco_train-resources", daemon=True)
         if enabled:
@@ -217,14 +219,20 @@ class ResourceSampler:
             return False
 
     def _sample(self) -> tuple[float | None, ...]:
-        gpu_util = gpu_power = None
+        gpu_util = gpu_power = gpu_clock = None
         if self._nvml:
             try:
                 gpu_util = float(torch.cuda.utilization(self.device))
                 gpu_power = torch.cuda.power_draw(self.device) / 1000.0  # mW -> W
             except Exception:
-                self._nvml = False
-        return (self._psutil.cpu_percent(interval=None), self._psutil.virtual_memory().percent, gpu_util, gpu_power)
+                self._nvml = self._clock = False
+        if self._clock:
+            try:
+                gpu_clock = float(torch.cuda.clock_rate(self.device))  # MHz
+            except Exception:
+                self._clock = False
+        cpu, ram = self._psutil.cpu_percent(interval=None), self._psutil.virtual_memory().percent
+        return (cpu, ram, gpu_util, gpu_power, gpu_clock)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -243,7 +251,8 @@ class ResourceSampler:
             return sum(vals) / len(vals) if vals else None
 
         out = {"cpu_util_percent": mean(0), "ram_used_percent": mean(1), "gpu_util_percent": mean(2),
-               "gpu_power_w": mean(3), "gpu_mem_alloc_gb": None, "gpu_mem_reserved_gb": None}
+               "gpu_power_w": mean(3), "gpu_sm_clock_mhz": mean(4), "gpu_mem_alloc_gb": None,
+               "gpu_mem_reserved_gb": None}
         if self.device.type == "cuda":  # allocator counters: host-side reads, no sync
             out["gpu_mem_alloc_gb"] = torch.cuda.memory_allocated(self.device) / 1e9
             out["gpu_mem_reserved_gb"] = torch.cuda.memory_reserved(self.device) / 1e9

@@ -260,15 +260,18 @@ def check_kernels_can_run(args: argparse.Namespace, device: torch.device) -> Non
     ``--triton-ops`` and ``sigma_flip`` choose Triton kernels without ``kernels.resolve``'s checks; on
     the CPU they need ``TRITON_INTERPRET=1`` and ``--compile off``.
     """
-    sets = {"--triton-ops": kernel_choices(args, device)}
+    try:
+        sets = {"--kernels / --triton-ops": (kernel_choices(args, device), "choose other kernels")}
+    except RuntimeError as e:  # kernels.resolve's own refusal, which names the fix
+        raise SystemExit(str(e)) from None
     if "sigma_flip" in args.contenders:
-        sets["sigma_flip"] = flipped_choices(args, device)
+        sets["sigma_flip"] = (flipped_choices(args, device), "leave sigma_flip out of --contenders")
     usable, reason = kernels.triton_status(device)
-    for who, choices in sets.items():
+    for who, (choices, other_fix) in sets.items():
         ops = sorted(op for op, mode in choices.items() if mode == "triton")
         if ops and not usable:
             raise SystemExit(f"{who} runs Triton kernels ({', '.join(ops)}), but {reason}; fix: run on a GPU, "
-                             "set TRITON_INTERPRET=1, or leave sigma_flip out of --contenders")
+                             f"set TRITON_INTERPRET=1, or {other_fix}")
         if ops and device.type != "cuda" and args.compile == "on":
             raise SystemExit(f"{who} runs Triton kernels ({', '.join(ops)}) in the interpreter, which "
                              "torch.compile cannot trace; fix: --compile off")

@@ -16,6 +16,8 @@ Run it from this folder, with ns_old.py beside it:
     python3 optim_ab.py 124m OUT_DIR
 
 (the rename keeps the two ``torch.library`` ops apart). It also profiles two variants into OUT_DIR.
+The kernels have since moved from ``training/kernels/`` to ``model/kernels/``; the imports here
+follow the current tree.
 """
 
 import json
@@ -33,7 +35,7 @@ import bench_optim  # noqa: E402
 import bench_train  # noqa: E402
 import ns_old  # noqa: E402
 
-from training.kernels import newton_schulz as ns_new  # noqa: E402
+from model.kernels import newton_schulz as ns_new  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 from training.optim import muon as muon_module  # noqa: E402
 

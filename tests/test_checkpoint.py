@@ -8,6 +8,7 @@ import pickle
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -122,6 +123,33 @@ def test_incompatible_checkpoint_is_refused_unless_weights_only(tmp_path, refere
     assert "different model" in r.stderr and "max_seq_len" in r.stderr
     r = train(run, 16, 4, "--optimizer", "c3o", "--resume-weights-only")
     assert "resumed from" in r.stdout and "(weights only)" in r.stdout
+
+
+# The tiny preset as an older eco_train might have defined it: other head count and width, same
+# attention width (as 124m went from 12 x 64 to 6 x 128). The run below writes its checkpoint with it.
+OLDER_TINY = "dict(n_layer=4, n_head=2, n_kv_head=1, d_model=128, d_ff=384, head_dim=64)"
+WITH_OLDER_TINY = (
+    "import runpy, sys; import model.config as c; c.PRESETS['tiny'] = " + OLDER_TINY + "; "
+    "sys.argv[0] = 'train_sigma.py'; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def test_resume_continues_the_checkpoint_model_when_its_preset_has_changed(tmp_path):
+    """Days of training are not stranded by a release that redefines a preset: same --model-preset,
+    the checkpoint's shapes, said on the console; the model keeps training from where it stopped."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    older = subprocess.run([sys.executable, "-c", WITH_OLDER_TINY, *cmd_args(run, 4, 4)], cwd=env["PYTHONPATH"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert older.returncode == 0, older.stderr[-3000:]
+    saved = json.loads((run / "config.json").read_text())["model"]
+    assert (saved["n_head"], saved["head_dim"]) == (2, 64)
+    r = train(run, 8, 4)
+    assert "the tiny preset has changed" in r.stdout and "'head_dim': (64, 32)" in r.stdout
+    assert "resumed from" in r.stdout and "at step 4" in r.stdout
+    assert max(losses_by_step(run)) == 8
+    weights = final_weights(run, 8)
+    assert weights["layers.0.self_attn.q_norm.weight"].shape == (64,)  # still the checkpoint's 64-wide heads
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 
 from model import kernels
 from model.bitnet import BitLinear
-from model.config import ModelConfig, from_preset
+from model.config import PRESETS, ModelConfig, from_preset
 from model.decoder import SigmaLM
 from model.hf_compat import export_hf, load_hf
 from training import console, faults
@@ -203,7 +203,28 @@ def prepare_tokenizer(cfg: RunConfig, ckpt_dir: Path | None, run_dir: Path):
     return tok
 
 
-def build_model(cfg: RunConfig, vocab_size: int, hw: HardwareProfile) -> SigmaLM:
+def preset_as_saved(mcfg: ModelConfig, preset: str, state: dict | None) -> ModelConfig:
+    """On resume, ``mcfg`` with the shapes the checkpoint's preset had when its run started.
+
+    A preset names shapes at the time a run starts, and a later eco_train may define it differently
+    (124m went from 12 heads of 64 to 6 of 128). Resuming with the same ``--model-preset`` continues
+    the checkpoint's model, with a console line naming what differs. What the flags decide
+    (vocabulary, ``--seq-len``, BitNet) must still match, which :func:`restore` checks; a checkpoint
+    of another preset is left for it to refuse.
+    """
+    if state is None or state.get("config", {}).get("model", {}).get("preset") != preset:
+        return mcfg
+    saved = ModelConfig.from_dict(state["model"])
+    changed = {k: (getattr(saved, k), getattr(mcfg, k)) for k in PRESETS[preset]
+               if getattr(saved, k) != getattr(mcfg, k)}
+    if not changed:
+        return mcfg
+    console.say(f"the {preset} preset has changed since this checkpoint's run started: {changed} "
+                "(checkpoint, this version); resuming the checkpoint's model")
+    return replace(mcfg, **{k: was for k, (was, _) in changed.items()}).validate()
+
+
+def build_model(cfg: RunConfig, vocab_size: int, hw: HardwareProfile, resume_state: dict | None = None) -> SigmaLM:
     if cfg.model.init_from:
         model = load_hf(cfg.model.init_from)
         for module in model.modules():
@@ -222,6 +243,7 @@ def build_model(cfg: RunConfig, vocab_size: int, hw: HardwareProfile) -> SigmaLM
         # on tensor cores (nanoGPT's 50257 -> 50304). The extra rows are never targets.
         padded = -(-vocab_size // 128) * 128
         mcfg: ModelConfig = from_preset(cfg.model.preset, vocab_size=padded, max_seq_len=cfg.model.seq_len)
+        mcfg = preset_as_saved(mcfg, cfg.model.preset, resume_state)
         mcfg.bitnet = cfg.model.bitnet
         model = SigmaLM(mcfg)
         model.init_weights(seed=cfg.loop.seed)
@@ -300,7 +322,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     tok = prepare_tokenizer(cfg, ckpt_path, run_dir)
     pipeline = DataPipeline(cfg.data, tok, seq_len=cfg.model.seq_len, batch_size=loop.batch_size)
     heldout = pipeline.heldout_batches(loop.eval_batches)
-    model = build_model(cfg, tok.get_vocab_size(), hw)
+    model = build_model(cfg, tok.get_vocab_size(), hw, ckpt["state"] if ckpt else None)
     kernel_choices = kernels.resolve(cfg.hardware.kernels, hw.device, compile=hw.compile)
     kernels.apply_to_model(model, kernel_choices)
     ns_kernel = kernels.ns_fn(kernel_choices)

@@ -456,7 +456,8 @@ def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
     return rows
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``--micro-batch`` defaulted to one micro-batch per step."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", default=["124m", "350m"])
     p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
@@ -486,11 +487,16 @@ def main() -> None:
     p.add_argument("--adamw-lr", type=float, default=3e-4, help="AdamW's (hf_qwen3, plain, sigma_adamw)")
     p.add_argument("--shared-weights", action="store_true",
                    help="SigmaLM contenders after the first start from its weights after its warm-up")
-    args = p.parse_args()
-    device = torch.device(args.device)
+    args = p.parse_args(argv)
     args.micro_batch = args.micro_batch or args.tokens_per_step // args.seq_len
     if args.tokens_per_step % (args.micro_batch * args.seq_len):
         raise SystemExit("--tokens-per-step must be a multiple of --micro-batch x --seq-len")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

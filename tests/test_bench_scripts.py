@@ -47,14 +47,11 @@ def test_bench_train_smoke_with_shared_weights(tmp_path: Path) -> None:
     assert rows["plain"]["vs_best_baseline"] == 1.0
 
 
-def tiny_args(**changes: object) -> argparse.Namespace:
-    """What bench_train's parser gives for a CPU run of the tiny preset."""
-    args = argparse.Namespace(
-        compile="off", micro_batch=2, seq_len=32, tokens_per_step=64, warmup=2, kernels="torch", triton_ops=None,
-        flip_ops=["linear_ce"], muon_lr=0.02, c3o_lr=3e-3, adamw_lr=3e-4, shared_weights=False,
-        contenders=["sigma", "sigma_adamw"],
-    )
-    return argparse.Namespace(**{**vars(args), **changes})
+def tiny_args(*flags: str) -> argparse.Namespace:
+    """bench_train's own parsing of a CPU run of the tiny preset, plus ``flags``."""
+    return bench_train.parse_args(["--device", "cpu", "--presets", "tiny", "--seq-len", "32", "--tokens-per-step",
+                                   "64", "--micro-batch", "2", "--warmup", "2", "--kernels", "torch",
+                                   "--compile", "off", *flags])
 
 
 def test_shared_weights_start_where_the_first_contender_stopped() -> None:
@@ -72,7 +69,8 @@ def test_shared_weights_start_where_the_first_contender_stopped() -> None:
 
 def test_learning_rates_reach_the_optimizers() -> None:
     cfg = from_preset("tiny", vocab_size=256, max_seq_len=32)
-    args, device = tiny_args(muon_lr=0.05, c3o_lr=1e-4, adamw_lr=2e-3), torch.device("cpu")
+    args = tiny_args("--muon-lr", "0.05", "--c3o-lr", "1e-4", "--adamw-lr", "2e-3")
+    device = torch.device("cpu")
     pair = bench_train.build("sigma", cfg, device, args).optimizer
     assert {g["lr"] for g in pair.muon.param_groups} == {0.05}
     assert {g["lr"] for g in pair.c3o.param_groups} == {1e-4}

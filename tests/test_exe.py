@@ -120,8 +120,8 @@ def test_multiprocessing_spawn_from_the_binary(tmp_path):
 def test_sources_that_triton_and_inductor_read_are_bundled():
     b = bundle_dir()
     for rel in ("training/trainer.py", "training/optim/newton_schulz.py", "model/decoder.py",
-                "model/kernels/newton_schulz.py", "triton/language/core.py", "torch/_inductor/compile_worker/__main__.py",
-                "trl/chat_templates"):
+                "model/kernels/newton_schulz.py", "triton/language/core.py",
+                "torch/_inductor/compile_worker/__main__.py", "trl/chat_templates"):
         assert (b / rel).exists(), f"{rel} missing from the bundle"
     assert list((b / "trl" / "chat_templates").glob("*.jinja")), "trl's chat templates are data files it needs"
 

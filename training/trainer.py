@@ -224,7 +224,9 @@ def preset_as_saved(mcfg: ModelConfig, preset: str, state: dict | None) -> Model
     return replace(mcfg, **{k: was for k, (was, _) in changed.items()}).validate()
 
 
-def build_model(cfg: RunConfig, vocab_size: int, hw: HardwareProfile, resume_state: dict | None = None) -> SigmaLM:
+def build_model(
+    cfg: RunConfig, vocab_size: int, hw: HardwareProfile, resume_state: dict | None = None
+) -> SigmaLM:
     if cfg.model.init_from:
         model = load_hf(cfg.model.init_from)
         for module in model.modules():

@@ -23,8 +23,6 @@ Variants:
                               torch.compile (build_optimizers(compile=True))
   ours ns=compiled            the Newton-Schulz reference under torch.compile
   ... +ok                     the same with the sync-free guard: step(ok) with ok a device tensor
-  ... +ok one stream          the same without side streams: Muon's Newton-Schulz chains and C3O run
-                              one after another on one stream (on the CPU there are none anyway)
   ours ns=torch eager         no torch.compile anywhere in the optimizer (what --compile off runs)
   torch Muon + fused AdamW    torch.optim.Muon (one matrix at a time) on the block matrices,
                               torch.optim.AdamW(fused=True) on the rest
@@ -72,7 +70,7 @@ def variants(device: torch.device) -> dict[str, Callable[[SigmaLM], Callable[[],
     on_cuda = device.type == "cuda"
     ok = torch.ones((), dtype=torch.bool, device=device)
 
-    def ours(ns: str, guard: bool, compile: bool, streams: bool = True) -> Callable[[SigmaLM], Callable[[], None]]:
+    def ours(ns: str, guard: bool, compile: bool) -> Callable[[SigmaLM], Callable[[], None]]:
         def build(model: SigmaLM) -> Callable[[], None]:
             ns_fn = None
             if ns == "triton":
@@ -84,7 +82,7 @@ def variants(device: torch.device) -> dict[str, Callable[[SigmaLM], Callable[[],
             pair = build_optimizers(
                 model, lr=C3O_LR, muon_lr=MUON_LR, weight_decay=WEIGHT_DECAY, betas=BETAS,
                 c3o_state_dtype=next(model.parameters()).dtype, c3o_cautious=True, muon_momentum=0.95,
-                ns_steps=5, ns_fn=ns_fn, compile=compile, side_streams=streams,
+                ns_steps=5, ns_fn=ns_fn, compile=compile,
             )  # fmt: skip
             return (lambda: pair.step(ok)) if guard else pair.step
 
@@ -108,7 +106,6 @@ def variants(device: torch.device) -> dict[str, Callable[[SigmaLM], Callable[[],
     for ns in ("torch", "triton") if on_cuda else ("torch",):
         table[f"ours ns={ns}"] = ours(ns, guard=False, compile=on_cuda)
         table[f"ours ns={ns} +ok"] = ours(ns, guard=True, compile=on_cuda)
-        table[f"ours ns={ns} +ok one stream"] = ours(ns, guard=True, compile=on_cuda, streams=False)
     if on_cuda:
         table["ours ns=compiled"] = ours("compiled", guard=False, compile=True)
         table["ours ns=torch eager"] = ours("torch", guard=False, compile=False)

@@ -15,8 +15,6 @@ step, and random tokens already on the GPU (no data cost), it times:
 * ``sigma_adamw`` the same model and kernels with fused AdamW, to show what Muon + C3O add per step.
 * ``sigma_flip``  ``sigma`` with the kernel choice of the ops in ``--flip-ops`` reversed (Triton <-> the
                  compiled reference): the in-step A/B that decides what ``--kernels auto`` picks.
-* ``sigma_one_stream`` ``sigma`` with Muon's Newton-Schulz chains and C3O run one after another on one
-                 stream instead of beside each other on side streams (the A/B behind that default).
 
 All contenders of a preset are built and warmed up first (compilation and warm-up excluded), then
 timed in turns: ``--repeats`` rounds, each one window of ``--steps`` steps (CUDA events) per
@@ -30,11 +28,10 @@ The peak is measured again after the last preset (``peak_bf16_tflops_end``): on 
 limit the two can differ by several percent, and MFU moves with them.
 
 Learning rates: ``--muon-lr`` and ``--c3o-lr`` for Muon + C3O, ``--adamw-lr`` for every contender
-trained with AdamW. ``--shared-weights`` starts every SigmaLM contender after the first from the
-weights that first one has after its warm-up, so ``sigma`` and ``sigma_adamw`` time the same model
-rather than Muon-trained weights against nearly untouched ones. (Both were used to test whether the
-weights change how fast the same kernels run; on an H100 they did not: PERFORMANCE.md, "The
-optimizer step".)
+trained with AdamW. How far the weights move changes how fast the same kernels run (PERFORMANCE.md,
+"The optimizer step"). ``--shared-weights`` starts every SigmaLM contender after the first from
+the weights that first one has after its warm-up, so ``sigma`` and ``sigma_adamw`` time the same
+model rather than Muon-trained weights against nearly untouched ones.
 
 ``--device cpu --presets tiny --seq-len 64 --tokens-per-step 512 --steps 1 --repeats 1 --compile off``
 with ``TRITON_INTERPRET=1`` (``sigma_flip`` runs a Triton kernel) is a smoke check that runs on any
@@ -71,7 +68,7 @@ from model.hf_compat import config_to_hf  # noqa: E402
 from training.metrics import ResourceSampler  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
-CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_one_stream")
+CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip")
 BASELINES = ("hf_qwen3", "plain")
 
 
@@ -141,7 +138,7 @@ class PlainLM(nn.Module):
 # ---------------------------------------------------------------------------- contenders
 
 
-SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip", "sigma_one_stream")
+SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip")
 
 
 def build(
@@ -215,7 +212,7 @@ def build(
         pair = build_optimizers(
             model, lr=args.c3o_lr, muon_lr=args.muon_lr, weight_decay=0.0, betas=(0.9, 0.95),
             c3o_state_dtype=param_dtype, c3o_cautious=True, muon_momentum=0.95, ns_steps=5,
-            ns_fn=kernels.ns_fn(choices), compile=compile_on, side_streams=name != "sigma_one_stream",
+            ns_fn=kernels.ns_fn(choices), compile=compile_on,
         )
     else:
         fused = device.type == "cuda"
@@ -463,8 +460,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with ``--micro-batch`` defaulted to one micro-batch per step."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", default=["124m", "350m"])
-    p.add_argument("--contenders", nargs="+", default=[c for c in CONTENDERS if c != "sigma_one_stream"],
-                   choices=CONTENDERS)
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--tokens-per-step", type=int, default=65536)
     p.add_argument("--micro-batch", type=int, default=None, help="rows per micro-batch (default: one micro-batch)")

@@ -79,21 +79,9 @@ class OptimizerPair:
         ``ok`` is meant to be ``isfinite(loss) & isfinite(grad_norm)`` computed on the device: the
         skip needs no host-device sync (gradients may hold NaN/inf then; they never reach the state).
         ``ok=None`` steps unconditionally.
-
-        C3O is queued while Muon's Newton–Schulz chains still run on their side streams (see
-        :mod:`training.optim.muon`): its memory-bound passes overlap their compute-bound kernels. The
-        caller's stream waits for both before this returns (device-side waits; no host sync).
         """
-        if self.muon is None:
-            if self.c3o is not None:
-                self.c3o.step(ok=ok)
-            return
-        try:
-            self.muon.step(ok=ok, join=False)
-            if self.c3o is not None:
-                self.c3o.step(ok=ok)
-        finally:
-            self.muon.join()
+        for opt in self.optimizers:
+            opt.step(ok=ok)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
@@ -148,7 +136,6 @@ def build_optimizers(
     seed: int = 0,
     use_muon: bool = True,
     compile: bool = False,
-    side_streams: bool = True,
 ) -> OptimizerPair:
     """Split ``model`` by role and build Muon (``muon_lr``) + C3O (``lr``) sharing one schedule.
 
@@ -156,8 +143,7 @@ def build_optimizers(
     (``"muon"`` | ``"polar_express"``, :func:`ns_coefficient_set`)/``adjust_lr_fn``/``ns_fn`` (the
     orthogonalization kernel, e.g. the Triton one) configure Muon; ``seed`` seeds C3O's stochastic
     rounding; ``compile`` runs the elementwise parts of both optimizers through ``torch.compile``
-    (use it on CUDA; on the CPU the eager path is the tested one); ``side_streams`` (with ``compile``
-    on CUDA) runs Muon's Newton–Schulz chains on side streams, beside C3O (:class:`OptimizerPair`).
+    (use it on CUDA; on the CPU the eager path is the tested one).
     Weight decay per the module docstring. The split summary is ``pair.split.summary`` (log it at
     start-up). ``use_muon=False`` (``--optimizer c3o``) sends the block matrices to C3O as well,
     decayed like the head.
@@ -176,7 +162,6 @@ def build_optimizers(
             adjust_lr_fn=adjust_lr_fn,
             ns_fn=ns_fn,
             compile=compile,
-            side_streams=side_streams,
         )
 
     decay = [p for name, p in split.c3o if split.roles[name] in _DECAYED_C3O_ROLES]

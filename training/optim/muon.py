@@ -23,18 +23,12 @@ What it adds over ``torch.optim.Muon`` (which loops over parameters one matrix a
   runs 3 launch chains instead of ~70.
 * **Sync-free skip** (``step(ok=...)``, see :meth:`Muon.step`): with ``ok`` False on the device the
   step changes nothing, bit for bit, without the host reading ``ok``.
-* **Side streams** (CUDA, ``compile=True``): each Newton–Schulz call's chain (prepare, orthogonalize,
-  update) runs on a CUDA stream of its own, forked from the caller's stream and joined back by
-  :meth:`Muon.join`. The chains are independent, so one fills the tail waves of the other's
-  kernels, and whatever the caller queues before the join (C3O's memory-bound passes, in
-  :class:`~training.optim.OptimizerPair`) runs beside the compute-bound Newton–Schulz work.
 
 On one device the default path (``ok=None``) equals ``torch.optim.Muon`` bit for bit (tested on CPU).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,8 +159,6 @@ class Muon(torch.optim.Optimizer):
     ``compile``: run the elementwise parts (momentum, parameter update) through ``torch.compile``
     (:func:`_fused_prepare`, :func:`_fused_apply`; for CUDA): fewer passes over the stacked buckets,
     fp32 intermediates, so not bit-identical to ``torch.optim.Muon``.
-    ``side_streams``: with ``compile`` on CUDA, run each Newton–Schulz call's chain on a side stream
-    (see the module doc); the maths is unchanged, only the order in which the GPU runs it.
     """
 
     def __init__(
@@ -183,7 +175,6 @@ class Muon(torch.optim.Optimizer):
         *,
         ns_fn: NSFn | None = None,
         compile: bool = False,
-        side_streams: bool = True,
     ) -> None:
         if lr < 0.0:
             raise ValueError(f"Muon lr must be >= 0; got {lr}")
@@ -229,12 +220,6 @@ class Muon(torch.optim.Optimizer):
         # param-group index -> (ids of the params that had gradients, their buckets); rebuilt when that
         # set changes or a state dict is loaded.
         self._buckets: dict[int, tuple[tuple[int, ...], list[_Bucket]]] = {}
-        self.side_streams = side_streams
-        self._streams: dict[tuple[torch.device, int], torch.cuda.Stream] = {}
-        # Side streams with work not yet joined, and the caller-stream tensors that work reads which
-        # would otherwise be freed (and their memory handed to the caller's stream) before the join.
-        self._in_flight: list[torch.cuda.Stream] = []
-        self._keepalive: list[Tensor] = []
 
     # ------------------------------------------------------------------ shape buckets
 
@@ -293,14 +278,8 @@ class Muon(torch.optim.Optimizer):
     # ------------------------------------------------------------------ step
 
     @torch.no_grad()
-    def step(
-        self, closure: Callable[[], float] | None = None, *, ok: Tensor | None = None, join: bool = True
-    ) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None, *, ok: Tensor | None = None) -> float | None:
         """One Muon step for every parameter that has a gradient.
-
-        ``join=False`` leaves the side streams' work (see the module doc) running: the caller may
-        queue other work on its stream, then must call :meth:`join` before anything reads or frees
-        these parameters or their gradients.
 
         ``ok``: optional 0-dim bool tensor on the parameters' device. Where it is False the step is a
         no-op, bit for bit (parameters and momentum unchanged), and the gradients may hold NaN/inf; the
@@ -345,39 +324,7 @@ class Muon(torch.optim.Optimizer):
                     decay = decay.where(ok, 1.0)
                 torch._foreach_mul_(bucket.params, [decay] * len(bucket.params))
                 torch._foreach_add_(bucket.params, ortho, alpha=alpha)
-        if join:
-            self.join()
         return loss
-
-    def join(self) -> None:
-        """Make the current stream wait for the side streams' work of the last :meth:`step`.
-
-        Queues the waits on the device; the host does not block. A no-op when nothing is in flight.
-        """
-        if self._in_flight:
-            caller = torch.cuda.current_stream(self._in_flight[0].device)
-            for stream in self._in_flight:
-                caller.wait_stream(stream)
-        self._in_flight.clear()
-        self._keepalive.clear()  # freed after the waits: the caller's later work is ordered after them
-
-    @contextlib.contextmanager
-    def _side_stream(self, slot: int, device: torch.device, keepalive: list[Tensor]):
-        """Run the block on side stream ``slot`` of ``device``, after the caller's queued work.
-
-        Without side streams (off, or not CUDA), the block runs on the caller's stream.
-        """
-        if not (self.side_streams and device.type == "cuda"):
-            yield
-            return
-        stream = self._streams.get((device, slot))
-        if stream is None:
-            stream = self._streams[(device, slot)] = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            yield
-        self._in_flight.append(stream)
-        self._keepalive.extend(keepalive)
 
     def _fused_step(self, buckets: list[_Bucket], group: dict, ok: Tensor | None) -> None:
         """One group's step with the compiled elementwise parts; the schedule's scalars as device tensors.
@@ -386,8 +333,7 @@ class Muon(torch.optim.Optimizer):
         down) are orthogonalized in one batched call, the tall ones as their transposes: Newton–Schulz
         commutes with transposition, and one launch series over the larger batch keeps the GPU busier.
         Per call: one compiled pass prepares the joined batch, the kernel orthogonalizes it, one
-        compiled pass updates the parameters; with side streams, each call's chain on its own stream.
-        A group's parameters share one device (as ``ok`` does).
+        compiled pass updates the parameters. A group's parameters share one device (as ``ok`` does).
         """
         if not buckets:
             return
@@ -402,14 +348,12 @@ class Muon(torch.optim.Optimizer):
                                (group["momentum"], group["lr"], 1 - group["lr"] * group["weight_decay"]))
         if ok is not None:
             decay = decay.where(ok, 1.0)  # the update is already zero when not ok
-        keepalive = [t for t in (momentum, lr, decay, ok) if t is not None]
-        for slot, members in enumerate(by_wide_shape.values()):
+        for members in by_wide_shape.values():
             tall = tuple(b.momentum.size(-2) > b.momentum.size(-1) for b in members)
+            joined = prepare_fn(
+                [[p.grad for p in b.params] for b in members], [b.momentum for b in members], ok, momentum,
+                tall=tall, nesterov=group["nesterov"],
+            )  # fmt: skip
+            ortho = self.orthogonalize(joined, group)
             ratios = tuple(adjust_lr(1.0, group["adjust_lr_fn"], b.params[0].shape) for b in members)
-            with self._side_stream(slot, device, keepalive):
-                joined = prepare_fn(
-                    [[p.grad for p in b.params] for b in members], [b.momentum for b in members], ok,
-                    momentum, tall=tall, nesterov=group["nesterov"],
-                )  # fmt: skip
-                ortho = self.orthogonalize(joined, group)
-                apply_fn([b.params for b in members], ortho, lr, decay, tall=tall, lr_ratios=ratios)
+            apply_fn([b.params for b in members], ortho, lr, decay, tall=tall, lr_ratios=ratios)

@@ -28,10 +28,11 @@ The peak is measured again after the last preset (``peak_bf16_tflops_end``): on 
 limit the two can differ by several percent, and MFU moves with them.
 
 Learning rates: ``--muon-lr`` and ``--c3o-lr`` for Muon + C3O, ``--adamw-lr`` for every contender
-trained with AdamW. How far the weights move changes how fast the same kernels run (PERFORMANCE.md,
-"The optimizer step"). ``--shared-weights`` starts every SigmaLM contender after the first from
-the weights that first one has after its warm-up, so ``sigma`` and ``sigma_adamw`` time the same
-model rather than Muon-trained weights against nearly untouched ones.
+trained with AdamW. ``--shared-weights`` starts every SigmaLM contender after the first from the
+weights that first one has after its warm-up, so ``sigma`` and ``sigma_adamw`` time the same model
+rather than Muon-trained weights against nearly untouched ones. (Both were made to test whether the
+weights change how fast the same kernels run; on an H100 they did not: PERFORMANCE.md, "The
+optimizer step".)
 
 ``--device cpu --presets tiny --seq-len 64 --tokens-per-step 512 --steps 1 --repeats 1 --compile off``
 with ``TRITON_INTERPRET=1`` (``sigma_flip`` runs a Triton kernel) is a smoke check that runs on any

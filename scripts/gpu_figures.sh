@@ -63,7 +63,7 @@ case $part in
         job=(@train_sigma_args.txt --model-preset 124m --steps 25 --seq-len 2048 --batch-size 32 --grad-accum 1
              --log-every 5 --eval-every 0 --sample-every 0 --warmup-steps 5 --kernels triton --data-backend seed
              --save-every 0 --resume never)
-        bench binary_run 150 dist/eco_train/eco_train "${job[@]}" --output-dir /tmp/run_bin --checkpoint-dir /tmp/ck_bin
+        bench binary_run 190 dist/eco_train/eco_train "${job[@]}" --output-dir /tmp/run_bin --checkpoint-dir /tmp/ck_bin
         bench source_run 150 python3 train_sigma.py "${job[@]}" --output-dir /tmp/run_src --checkpoint-dir /tmp/ck_src
         cp /tmp/run_bin/metrics.jsonl "$out/binary_metrics.jsonl"
         cp /tmp/run_src/metrics.jsonl "$out/source_metrics.jsonl"

@@ -1,0 +1,300 @@
+"""Newton–Schulz orthogonalization for Muon as Triton kernels (batched, bf16, symmetric products once).
+
+``reference`` is :func:`training.optim.newton_schulz.zeropower_via_newtonschulz`; ``triton_impl`` has
+the same signature ``fn(G, steps=, coefficients=, eps=)`` and the same maths: per matrix, transpose if
+tall, divide by the Frobenius norm, then per step, with the step's ``(a, b, c)``,
+
+    A  = X X^T                      (m, m)  symmetric      -> _gram_kernel, upper tiles only
+    AA = b A + c A A                (m, m)  symmetric      -> _gram_kernel on A (A A = A A^T), fused epilogue
+    X  = a X + AA X                 (m, n)                 -> _gemm_axpy_kernel, fused epilogue
+
+Inputs and every intermediate are bf16 with fp32 accumulation, rounded where the reference rounds
+(A, b A + c A^2 and the new X each once), so the two agree to bf16 accumulation-order noise.
+
+What it saves over the reference: X X^T and A^2 are symmetric, so ``_gram_kernel`` runs only the
+programs of the upper-triangular tiles (j >= i) and writes each off-diagonal tile twice (itself and
+its transpose): T(T+1)/2 of T^2 tile products, ~42% fewer FLOPs for the two Gram products at
+T = 6 tiles (768 rows), and the ``b A`` and ``a X`` terms ride in the epilogues instead of separate
+passes. Per step that is 2 m^2 n + m^3 (+ the mirrored halves) instead of 4 m^2 n + 2 m^3 FLOPs.
+
+NaN/inf propagate: a non-finite entry makes its matrix's norm non-finite, hence the whole output
+matrix NaN, exactly like the reference (masked loads only fill out-of-range rows with 0).
+
+Shapes: ``G`` is ``(..., m, n)``; leading dimensions are a batch of independent same-shape matrices
+(Muon stacks each shape group into one call). Wrapped in ``torch.library.triton_op`` so
+``torch.compile(fullgraph=True)`` sees one op and no graph break. CPU runs need ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+from triton.runtime.interpreter import InterpretedFunction
+
+from training.optim.newton_schulz import (
+    DEFAULT_NS_COEFFICIENTS,
+    DEFAULT_NS_EPS,
+    DEFAULT_NS_STEPS,
+    NSCoefficients,
+    coefficient_schedule,
+    zeropower_via_newtonschulz,
+)
+
+reference = zeropower_via_newtonschulz
+
+
+@triton.jit
+def _gram_kernel(
+    X,  # (B, M, K) input
+    C,  # (B, M, M) symmetric addend (read only when HAS_C)
+    Out,  # (B, M, M) = alpha * X X^T + beta * C
+    stride_xb,
+    stride_xm,
+    stride_cb,
+    stride_ob,
+    alpha,
+    beta,
+    M: tl.constexpr,
+    K: tl.constexpr,
+    HAS_C: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """One (BLOCK, BLOCK) tile (i, j), j >= i, of a symmetric product; the lower tile is its mirror."""
+    pid_i = tl.program_id(0)
+    pid_j = tl.program_id(1)
+    if pid_j < pid_i:  # lower-triangular tile: written by its mirror (j, i)
+        return
+    bid = tl.program_id(2).to(tl.int64)
+    rows_i = pid_i * BLOCK + tl.arange(0, BLOCK)
+    rows_j = pid_j * BLOCK + tl.arange(0, BLOCK)
+    rk = tl.arange(0, BLOCK_K)
+    x_ptr = X + bid * stride_xb
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + rk
+        xi = tl.load(
+            x_ptr + rows_i[:, None] * stride_xm + ks[None, :],
+            mask=(rows_i[:, None] < M) & (ks[None, :] < K),
+            other=0.0,
+        )
+        xj = tl.load(
+            x_ptr + rows_j[:, None] * stride_xm + ks[None, :],
+            mask=(rows_j[:, None] < M) & (ks[None, :] < K),
+            other=0.0,
+        )
+        if UPCAST:
+            xi, xj = xi.to(tl.float32), xj.to(tl.float32)
+        acc = tl.dot(xi, tl.trans(xj), acc)
+    acc = acc * alpha
+    in_tile = (rows_i[:, None] < M) & (rows_j[None, :] < M)
+    if HAS_C:
+        c = tl.load(C + bid * stride_cb + rows_i[:, None] * M + rows_j[None, :], mask=in_tile, other=0.0)
+        acc += beta * c.to(tl.float32)
+    out = acc.to(Out.dtype.element_ty)
+    o_ptr = Out + bid * stride_ob
+    tl.store(o_ptr + rows_i[:, None] * M + rows_j[None, :], out, mask=in_tile)
+    if pid_j != pid_i:
+        mirror = (rows_j[:, None] < M) & (rows_i[None, :] < M)
+        tl.store(o_ptr + rows_j[:, None] * M + rows_i[None, :], tl.trans(out), mask=mirror)
+
+
+@triton.jit
+def _gemm_axpy_kernel(
+    S,  # (B, M, M) left factor (b A + c A^2)
+    X,  # (B, M, N)
+    Out,  # (B, M, N) = S X + a X
+    stride_sb,
+    stride_xb,
+    stride_ob,
+    a,
+    M: tl.constexpr,
+    N: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """One (BLOCK_M, BLOCK_N) tile of ``S @ X + a * X`` (X rows are contiguous, row stride N)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    bid = tl.program_id(2).to(tl.int64)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    s_ptr = S + bid * stride_sb
+    x_ptr = X + bid * stride_xb
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, M, BLOCK_K):
+        ks = k0 + rk
+        s = tl.load(
+            s_ptr + rm[:, None] * M + ks[None, :], mask=(rm[:, None] < M) & (ks[None, :] < M), other=0.0
+        )
+        x = tl.load(
+            x_ptr + ks[:, None] * N + rn[None, :], mask=(ks[:, None] < M) & (rn[None, :] < N), other=0.0
+        )
+        if UPCAST:
+            s, x = s.to(tl.float32), x.to(tl.float32)
+        acc = tl.dot(s, x, acc)
+    in_tile = (rm[:, None] < M) & (rn[None, :] < N)
+    x_here = tl.load(x_ptr + rm[:, None] * N + rn[None, :], mask=in_tile, other=0.0)
+    acc += a * x_here.to(tl.float32)
+    tl.store(
+        Out + bid * stride_ob + rm[:, None] * N + rn[None, :], acc.to(Out.dtype.element_ty), mask=in_tile
+    )
+
+
+# Under TRITON_INTERPRET=1 ``triton.jit`` makes interpreted functions; three of its gaps need handling:
+# * ``wrap_triton`` rejects them. The interpreter runs eagerly on the CPU, where nothing is compiled,
+#   so the plain launch is equivalent there.
+# * Its ``tl.dot`` on bf16 tiles returns garbage (triton 3.6): the kernels take ``UPCAST`` and convert
+#   the loaded bf16 tiles to fp32 first, which is exact, so the products are the same maths.
+# * Its fp32 -> bf16 stores truncate instead of rounding to nearest even: the CPU tests' error bound
+#   allows for that; the GPU tests check the real rounding.
+_INTERPRETED = isinstance(_gram_kernel, InterpretedFunction)
+
+
+def _launcher(kernel: triton.JITFunction | InterpretedFunction) -> object:
+    """``wrap_triton(kernel)``, visible to torch.compile; the kernel itself when interpreted."""
+    return kernel if _INTERPRETED else wrap_triton(kernel)
+
+
+def _block(size: int) -> int:
+    """Tile edge: 128 for the model shapes (multiples of 128 on H100 tensor cores), smaller for tiny ones.
+
+    The small sizes keep the CPU interpreter tests fast while still running several tiles per matrix
+    (so the mirrored writes are exercised); tl.dot needs at least 16. The matrix sizes themselves are
+    compile-time constants (one compilation per shape group, a handful per model): fixed trip counts,
+    which the CPU interpreter needs, and masks the compiler can drop when the sizes divide evenly.
+    """
+    return 128 if size >= 512 else 64 if size >= 128 else 16
+
+
+# Tile settings by kernel ("gram" or "gemm"), set by scripts/tune_newton_schulz.py while it sweeps;
+# empty in normal use, where launch_config's defaults apply.
+LAUNCH_OVERRIDES: dict[str, dict[str, int]] = {}
+
+
+def launch_config(kernel: str, m: int, n: int) -> dict[str, int]:
+    """Tile sizes, warps and pipeline stages of ``kernel`` for a ``(m, n)``, ``m <= n`` batch.
+
+    From ``scripts/tune_newton_schulz.py`` on an H200 at the 124m and 350m shape groups
+    (``docs/benchmarks/2026-11-26_issue7_session2/h200_ns_tuning.log``): 4 warps for the Gram
+    kernel (its ``A A`` launch 0.085 -> 0.064 ms at 48 x 768^2), and 128 x 256 tiles with 4 stages
+    for the ``S X`` product once both sides are large (0.816 -> 0.758 ms at 72 x (1024, 2816)).
+    """
+    block, block_k = _block(m), 64 if m >= 64 else 16
+    if kernel == "gram":
+        config = {"BLOCK": block, "BLOCK_K": block_k, "num_warps": 4, "num_stages": 3}
+    elif m >= 768 and n >= 1024:
+        config = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 4}
+    else:
+        warps = 8 if block == 128 else 4
+        config = {"BLOCK_M": block, "BLOCK_N": _block(n), "BLOCK_K": block_k, "num_warps": warps, "num_stages": 3}
+    config.update(LAUNCH_OVERRIDES.get(kernel, {}))
+    return config
+
+
+@triton_op("eco_train::newton_schulz_iterate_old", mutates_args=())
+def _ns_iterate(X: Tensor, coefficients: list[float]) -> Tensor:
+    """Run the quintic steps on a normalised, contiguous ``(B, m, n)`` bf16 batch with ``m <= n``.
+
+    ``coefficients`` is the flattened per-step schedule ``[a0, b0, c0, a1, b1, c1, ...]``.
+    """
+    batch, m, n = X.shape
+    gram = torch.empty((batch, m, m), dtype=X.dtype, device=X.device)
+    poly = torch.empty_like(gram)
+    gram_cfg, gemm_cfg = launch_config("gram", m, n), launch_config("gemm", m, n)
+    tiles = triton.cdiv(m, gram_cfg["BLOCK"])
+    gram_grid = (tiles, tiles, batch)
+    gemm_grid = (triton.cdiv(m, gemm_cfg["BLOCK_M"]), triton.cdiv(n, gemm_cfg["BLOCK_N"]), batch)
+    for i in range(0, len(coefficients), 3):
+        a, b, c = coefficients[i], coefficients[i + 1], coefficients[i + 2]
+        # A = X X^T
+        _launcher(_gram_kernel)[gram_grid](
+            X, X, gram, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0, M=m, K=n,
+            HAS_C=False, UPCAST=_INTERPRETED, **gram_cfg,
+        )  # fmt: skip
+        # b A + c A A  (A symmetric, so A A = A A^T: the same kernel with A as input)
+        _launcher(_gram_kernel)[gram_grid](
+            gram, gram, poly, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), c, b, M=m, K=m,
+            HAS_C=True, UPCAST=_INTERPRETED, **gram_cfg,
+        )  # fmt: skip
+        # a X + (b A + c A A) X
+        out = torch.empty_like(X)
+        _launcher(_gemm_axpy_kernel)[gemm_grid](
+            poly, X, out, poly.stride(0), X.stride(0), out.stride(0), a, M=m, N=n, UPCAST=_INTERPRETED,
+            **gemm_cfg,
+        )  # fmt: skip
+        X = out
+    return X
+
+
+def triton_impl(
+    G: Tensor,
+    steps: int = DEFAULT_NS_STEPS,
+    coefficients: NSCoefficients = DEFAULT_NS_COEFFICIENTS,
+    eps: float = DEFAULT_NS_EPS,
+) -> Tensor:
+    """Triton twin of :func:`reference` (bf16 compute, returns ``G.dtype``); see the module doc."""
+    if G.ndim < 2:
+        raise ValueError(f"Newton-Schulz needs matrices (..., m, n); got shape {tuple(G.shape)}")
+    schedule = coefficient_schedule(coefficients, steps)
+    X = G.to(torch.bfloat16)
+    transposed = G.size(-2) > G.size(-1)
+    if transposed:
+        X = X.mT
+    batch_shape = X.shape
+    X = X.reshape(-1, batch_shape[-2], batch_shape[-1])
+    # Same normalisation as the reference, in bf16; contiguous() after the division makes it one pass.
+    X = (X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)).contiguous()
+    X = _ns_iterate(X, [float(v) for triple in schedule for v in triple])
+    X = X.reshape(batch_shape)
+    if transposed:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+# ---------------------------------------------------------------------------- benchmark cases
+
+
+def muon_shape_groups(preset: str, vocab_size: int = 32768) -> dict[tuple[int, int], int]:
+    """``{(rows, cols): count}`` of the Muon matrices of a SigmaLM preset (built on the meta device)."""
+    from model.config import from_preset
+    from model.decoder import SigmaLM
+    from training.optim.split import split_params
+
+    with torch.device("meta"):
+        model = SigmaLM(from_preset(preset, vocab_size=vocab_size, max_seq_len=2048))
+    groups: dict[tuple[int, int], int] = {}
+    for _, p in split_params(model).muon:
+        shape = (p.shape[0], p.shape[1])
+        groups[shape] = groups.get(shape, 0) + 1
+    return groups
+
+
+def bench_cases(preset: str) -> list[dict]:
+    """One case per Muon shape group of ``preset``: the whole group orthogonalized in one call."""
+    cases = []
+    for (rows, cols), count in muon_shape_groups(preset).items():
+
+        def make_inputs(
+            device: torch.device | str, shape: tuple[int, int, int] = (count, rows, cols)
+        ) -> tuple:
+            gen = torch.Generator(device=device).manual_seed(0)
+            return (torch.randn(shape, device=device, generator=gen, dtype=torch.bfloat16),)
+
+        cases.append(
+            {
+                "name": f"newton_schulz {preset} {count}x({rows},{cols})",
+                "make_inputs": make_inputs,
+                "triton": triton_impl,
+                "reference": reference,
+                "backward": False,
+            }
+        )
+    return cases

@@ -17,6 +17,12 @@ Two clocks on the GPU, both printed:
   launch   no sleep: the events also take in the host's launch time whenever the host is slower than
            the GPU (many small kernels), which is what a loop with nothing else queued would see.
 
+Then ``--sustain-s`` seconds of back-to-back steps (2 on the GPU, none on the CPU by default), with
+the trainer's ResourceSampler reading NVML every 50 ms: ms per step over that stretch and the SM
+clock and board power it ran at. The timed runs above are too short to sample; this shows whether
+the optimizer alone runs at the card's full clock, where in training (at the power limit) it
+does not (PERFORMANCE.md, "What bounds the step").
+
 Variants:
   ours ns=torch|triton        Muon (stacked buckets, Newton-Schulz reference or Triton kernel) + C3O
                               (bf16 state, cautious); on CUDA the elementwise parts of both through
@@ -46,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.config import from_preset  # noqa: E402
 from model.decoder import SigmaLM  # noqa: E402
+from training.metrics import ResourceSampler  # noqa: E402
 from training.optim import build_optimizers, split_params, zeropower_via_newtonschulz  # noqa: E402
 
 VOCAB = 32768
@@ -144,8 +151,38 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int, queue
     return [start.elapsed_time(end) for start, end in events]
 
 
+# Sustained runs: the host waits for the GPU every this many steps, so it never queues more than that.
+SUSTAIN_SYNC_EVERY = 20
+
+
+def sustained(step: Callable[[], None], device: torch.device, seconds: float) -> dict[str, float | None]:
+    """Back-to-back steps for ``seconds``: ms per step, and NVML's SM clock and power (None without them)."""
+    sampler = ResourceSampler(device, interval_s=0.05)
+    sampler.read()  # drop anything sampled before the first step
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        count += 1
+        if device.type == "cuda" and count % SUSTAIN_SYNC_EVERY == 0:
+            torch.cuda.synchronize()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    reading = sampler.read()
+    sampler.close()
+    return {"sustained_ms": elapsed * 1e3 / count, "sustained_steps": count,
+            "sm_clock_mhz": reading["gpu_sm_clock_mhz"], "power_w": reading["gpu_power_w"]}
+
+
 def bench(
-    preset: str, device: torch.device, *, steps: int, repeats: int, warmup: int, only: list[str] | None = None
+    preset: str,
+    device: torch.device,
+    *,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    sustain_s: float = 0.0,
+    only: list[str] | None = None,
 ) -> list[dict]:
     rows = []
     for name, build in variants(device).items():
@@ -168,10 +205,17 @@ def bench(
             row[f"{clock}_median_ms"] = statistics.median([t for r in runs for t in r])
             row[f"{clock}_run_medians_ms"] = medians
         row["median_ms"] = row[f"{clocks[0]}_median_ms"]
+        if sustain_s > 0:
+            row.update(sustained(step, device, sustain_s))
         rows.append(row)
-        print(f"{preset:>5}  {name:<28} " + "   ".join(
+        line = f"{preset:>5}  {name:<28} " + "   ".join(
             f"{clock} {row[f'{clock}_median_ms']:8.3f} ms (runs {min(row[f'{clock}_run_medians_ms']):.3f}-"
-            f"{max(row[f'{clock}_run_medians_ms']):.3f})" for clock in clocks))
+            f"{max(row[f'{clock}_run_medians_ms']):.3f})" for clock in clocks)
+        if sustain_s > 0:
+            clock_mhz, power = row["sm_clock_mhz"], row["power_w"]
+            line += (f"   sustained {row['sustained_ms']:8.3f} ms"
+                     + (f" at {clock_mhz:.0f} MHz, {power:.0f} W" if clock_mhz is not None and power is not None else ""))
+        print(line)
         del step, model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -192,11 +236,14 @@ def main() -> None:
     )
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--variants", nargs="+", default=None, help="time only these variants (names as printed)")
+    ap.add_argument("--sustain-s", type=float, default=None,
+                    help="seconds of back-to-back steps with NVML clock and power sampled (default 2; 0 on cpu)")
     args = ap.parse_args()
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
     repeats = args.repeats if args.repeats is not None else 5 if on_cuda else 2
     warmup = args.warmup if args.warmup is not None else 5 if on_cuda else 1
+    sustain_s = args.sustain_s if args.sustain_s is not None else 2.0 if on_cuda else 0.0
     env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -214,7 +261,8 @@ def main() -> None:
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     rows = []
     for preset in args.presets:
-        rows += bench(preset, device, steps=args.steps, repeats=repeats, warmup=warmup, only=args.variants)
+        rows += bench(preset, device, steps=args.steps, repeats=repeats, warmup=warmup, sustain_s=sustain_s,
+                      only=args.variants)
         if args.json is not None:  # as it goes: a run cut short still leaves what it measured
             args.json.write_text(json.dumps({"env": env, "results": rows}, indent=2))
     if args.json is not None:

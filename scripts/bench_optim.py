@@ -23,6 +23,9 @@ clock and board power it ran at. The timed runs above are too short to sample; t
 the optimizer alone runs at the card's full clock, where in training (at the power limit) it
 does not (PERFORMANCE.md, "What bounds the step").
 
+``--profile DIR`` adds a profile of 3 steps per variant: its kernels by device time, each with the host
+ops that launched it (``scripts/bench_train.py``'s ``profile``).
+
 Variants:
   ours ns=torch|triton        Muon (stacked buckets, Newton-Schulz reference or Triton kernel) + C3O
                               (bf16 state, cautious); on CUDA the elementwise parts of both through
@@ -49,7 +52,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_train import profile  # noqa: E402
 from model.config import from_preset  # noqa: E402
 from model.decoder import SigmaLM  # noqa: E402
 from training.metrics import ResourceSampler  # noqa: E402
@@ -183,6 +188,7 @@ def bench(
     warmup: int,
     sustain_s: float = 0.0,
     only: list[str] | None = None,
+    profile_dir: Path | None = None,
 ) -> list[dict]:
     rows = []
     for name, build in variants(device).items():
@@ -207,6 +213,9 @@ def bench(
         row["median_ms"] = row[f"{clocks[0]}_median_ms"]
         if sustain_s > 0:
             row.update(sustained(step, device, sustain_s))
+        if profile_dir is not None:
+            slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+            profile(step, device, profile_dir / f"optim_{preset}_{slug}.txt")
         rows.append(row)
         line = f"{preset:>5}  {name:<28} " + "   ".join(
             f"{clock} {row[f'{clock}_median_ms']:8.3f} ms (runs {min(row[f'{clock}_run_medians_ms']):.3f}-"
@@ -238,6 +247,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=None, help="time only these variants (names as printed)")
     ap.add_argument("--sustain-s", type=float, default=None,
                     help="seconds of back-to-back steps with NVML clock and power sampled (default 2; 0 on cpu)")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="also profile 3 steps of each variant: kernel tables (with their host ops) under DIR")
     args = ap.parse_args()
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -262,7 +273,7 @@ def main() -> None:
     rows = []
     for preset in args.presets:
         rows += bench(preset, device, steps=args.steps, repeats=repeats, warmup=warmup, sustain_s=sustain_s,
-                      only=args.variants)
+                      only=args.variants, profile_dir=args.profile)
         if args.json is not None:  # as it goes: a run cut short still leaves what it measured
             args.json.write_text(json.dumps({"env": env, "results": rows}, indent=2))
     if args.json is not None:

@@ -319,7 +319,9 @@ def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path, s
 
     ``out``: the top ops and kernels by device time. ``<out>_summary.txt`` (GPU only): every kernel
     grouped by :data:`KERNEL_CATEGORIES`, per step, with the device's idle time (the step's span less
-    the union of kernel intervals) and the 40 costliest kernels by name.
+    the union of kernel intervals) and the 40 costliest kernels by name, each with the host ops that
+    launched it most often (innermost first), so a kernel ATen runs for some library call can be
+    traced to that call.
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
@@ -360,9 +362,30 @@ def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path, s
               f"{'span first..last kernel':24} {span / 1e3 / steps:9.2f}",
               f"{'idle (span - busy)':24} {(span - busy) / 1e3 / steps:9.2f}", "",
               f"{'ms/step':>9} {'calls/step':>10} {'category':18} kernel"]
+    launchers = kernel_launchers(prof.events())
     for name, (us, calls) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:40]:
         lines.append(f"{us / 1e3 / steps:9.3f} {calls / steps:10.1f} {kernel_category(name):18} {name[:110]}")
+        if name in launchers:
+            lines.append(f"{'':40} launched by: {launchers[name]}")
     out.with_name(out.stem + "_summary.txt").write_text("\n".join(lines) + "\n")
+
+
+def kernel_launchers(events: list) -> dict[str, str]:
+    """Kernel name -> the chain of host ops (innermost first, up to 4) that launched it most often."""
+    chains: dict[str, dict[str, int]] = {}
+    for event in events:
+        if not getattr(event, "kernels", None):
+            continue
+        names, parent = [], event
+        while parent is not None and len(names) < 4:
+            if not names or names[-1] != parent.name:
+                names.append(parent.name)
+            parent = parent.cpu_parent
+        chain = " < ".join(n[:60] for n in names)
+        for kernel in event.kernels:
+            counts = chains.setdefault(kernel.name, {})
+            counts[chain] = counts.get(chain, 0) + 1
+    return {name: max(counts, key=counts.get) for name, counts in chains.items()}
 
 
 def median_or_none(values: list[float | None]) -> float | None:

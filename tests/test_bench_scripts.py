@@ -90,7 +90,7 @@ def test_sigma_flip_without_triton_exits_with_the_fix() -> None:
 def test_bench_optim_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench_optim.json"
     result = run_script("bench_optim.py", "--device", "cpu", "--presets", "tiny", "--steps", "2", "--repeats", "1",
-                        "--warmup", "1", "--sustain-s", "0.2", "--json", str(out))
+                        "--warmup", "1", "--sustain-s", "0.2", "--json", str(out), "--profile", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
     variants = {row["variant"] for row in rows}
@@ -98,3 +98,18 @@ def test_bench_optim_smoke(tmp_path: Path) -> None:
     for row in rows:
         assert row["median_ms"] > 0 and row["sustained_ms"] > 0 and row["sustained_steps"] >= 1
         assert row["sm_clock_mhz"] is None and row["power_w"] is None  # no NVML on the CPU
+    assert "Optimizer.step#C3O.step" in (tmp_path / "optim_tiny_ours_ns_torch.txt").read_text()
+
+
+def test_kernel_launchers_names_the_op_chain() -> None:
+    def op(name: str, parent=None, kernels=()):  # the fields of torch.profiler's FunctionEvent it reads
+        return argparse.Namespace(name=name, cpu_parent=parent, kernels=[argparse.Namespace(name=k) for k in kernels])
+
+    step = op("Optimizer.step#C3O.step")
+    norm = op("aten::_foreach_norm", step)
+    events = [step, norm, op("aten::linalg_vector_norm", norm, ["reduce_kernel"] * 2),
+              op("aten::linalg_vector_norm", norm, ["reduce_kernel"]), op("aten::mm", None, ["gemm"])]
+    assert bench_train.kernel_launchers(events) == {
+        "reduce_kernel": "aten::linalg_vector_norm < aten::_foreach_norm < Optimizer.step#C3O.step",
+        "gemm": "aten::mm",
+    }

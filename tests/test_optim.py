@@ -26,7 +26,8 @@ from training.optim import (
     stochastic_round_to_bf16,
     zeropower_via_newtonschulz,
 )
-from training.optim.c3o import _hash_noise16, _round_with_noise, cautious_mask_
+from training.optim import c3o as c3o_module
+from training.optim.c3o import _hash_noise16, _round_with_noise, _runs, cautious_mask_
 from training.optim.newton_schulz import DEFAULT_NS_COEFFICIENTS, coefficient_schedule
 
 # ---------------------------------------------------------------------------- helpers
@@ -335,6 +336,55 @@ def test_cautious_mask_zeroes_disagreeing_components() -> None:
     torch.testing.assert_close(out, torch.tensor([1.0, 0.0, 3.0, -4.0]) / 0.75)
     # All disagree: everything zero, no division blow-up.
     assert torch.equal(cautious_mask_(update.clone(), -update), torch.zeros(4))
+
+
+def test_c3o_cautious_bucket_equals_per_tensor_reference() -> None:
+    # Interleaved sizes, as a model lists its norm gains: the bucket reorders them (largest first) and
+    # masks whole runs of equal size at once; every tensor must still get its own kept fraction.
+    shapes = [(6,), (4, 3), (6,), (2,), (4, 3), (6,), (2,)]
+    ours_p = _params(shapes)
+    ref_p = [p.detach().clone() for p in ours_p]
+    lr, (beta1, beta2), eps, wd = 1e-2, (0.9, 0.95), 1e-8, 0.1
+    opt = C3O(ours_p, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=wd, cautious=True)
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in ref_p]
+    gen = torch.Generator().manual_seed(1)
+    for t in range(1, 4):
+        grads = [torch.randn(p.shape, generator=gen) for p in ours_p]
+        for p, g in zip(ours_p, grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        for p, g, (m, v) in zip(ref_p, grads, moments, strict=True):
+            p.mul_(1 - lr * wd)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            update = m / ((v.sqrt() / math.sqrt(1 - beta2**t)) + eps)
+            p.add_(cautious_mask_(update, g), alpha=-lr / (1 - beta1**t))
+    for a, b in zip(ours_p, ref_p, strict=True):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-6)
+
+
+def test_c3o_segments_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Large tensors are updated alone and the small ones joined; the arithmetic and the rounding noise
+    # of every element must be what one flat pass over the whole bucket gives, bit for bit.
+    def run(min_numel: int) -> list[torch.Tensor]:
+        monkeypatch.setattr(c3o_module, "_SEGMENT_MIN_NUMEL", min_numel)
+        params = _params([(40, 8), (6,), (2,), (30, 8), (6,)])
+        for p in params:
+            p.data = p.data.bfloat16()
+        opt = C3O(params, lr=1e-2, weight_decay=0.1, cautious=True, state_dtype=torch.bfloat16, seed=3)
+        _run(opt, params, steps=3)
+        return [p.detach().clone() for p in params] + [t for s in opt.state.values() for t in s.values()]
+
+    monkeypatch.setattr(c3o_module, "_SEGMENT_MIN_NUMEL", 100)
+    assert c3o_module._segments([320, 240, 6, 6, 2]) == [(0, 1, 0), (1, 2, 320), (2, 5, 560)]
+    assert c3o_module._segments([6, 320, 2, 6]) == [(0, 1, 0), (1, 2, 6), (2, 4, 326)]
+    one_piece, segmented = run(1 << 30), run(100)
+    assert all(torch.equal(a, b) for a, b in zip(one_piece, segmented, strict=True))
+
+
+def test_c3o_runs_of_equal_sizes() -> None:
+    assert _runs([12, 6, 6, 6, 2, 2]) == [(1, 12), (3, 6), (2, 2)]
+    assert _runs([6, 2, 6]) == [(1, 6), (1, 2), (1, 6)]  # correct in any order, just more blocks
 
 
 def test_c3o_cautious_skips_disagreeing_coordinates() -> None:

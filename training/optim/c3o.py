@@ -25,7 +25,8 @@ With ``cautious=False`` and fp32 state the update is ``torch.optim.AdamW``'s, in
 to 1e-6; the bias corrections come from a device-side step count, in fp64, instead of Python floats).
 
 Layout and speed: the parameters of a param group that share (dtype, device, step count) form a
-*bucket*. Its moments live in two flat persistent buffers; ``state[p]["exp_avg"]`` etc. are views of
+*bucket*, its tensors ordered largest first (so the many same-size norm gains lie together). Its
+moments live in two flat persistent buffers; ``state[p]["exp_avg"]`` etc. are views of
 them, so ``state_dict`` keeps the per-parameter format (and older checkpoints load), while a step
 runs its maths on whole buckets: gather the gradients and parameters into one flat fp32 tensor each,
 update, write back. The whole bucket update is one function of tensors (:func:`_bucket_step`) that
@@ -95,14 +96,16 @@ def _mix32(x: Tensor | int) -> Tensor | int:
     return x ^ (x >> 16)
 
 
-def _hash_noise16(numel: int, key: Tensor) -> Tensor:
-    """``numel`` pseudo-random ints in [0, 2^16), one per element index, from the int64 0-dim ``key``.
+def _hash_noise16(numel: int, key: Tensor, start: int = 0) -> Tensor:
+    """``numel`` pseudo-random ints in [0, 2^16), one per element index from ``start``, from the int64
+    0-dim ``key``.
 
-    ``noise[i] = mix(i ^ key) >> 16``: the key (well mixed, 32 bits) permutes the index space, the hash
-    decorrelates neighbours. Plain integer tensor ops, so the same numbers come out eager or under
-    ``torch.compile`` and on any device.
+    ``noise[i] = mix((start + i) ^ key) >> 16``: the key (well mixed, 32 bits) permutes the index
+    space, the hash decorrelates neighbours. Plain integer tensor ops, so the same numbers come out
+    eager or under ``torch.compile`` and on any device, and a slice of a buffer draws what the whole
+    buffer would at those indices.
     """
-    index = torch.arange(numel, device=key.device, dtype=torch.int64)
+    index = torch.arange(start, start + numel, device=key.device, dtype=torch.int64)
     return _mix32(index ^ key) >> 16
 
 
@@ -127,7 +130,6 @@ class _Bucket:
     exp_avg_sq: Tensor  # (N,) state_dtype
     step: Tensor  # 0-dim fp32 on the params' device: this bucket's Adam step count
     noise_base: int  # (seed, bucket) part of the stochastic-rounding key
-    lengths: Tensor  # (n_params,) int64 on the device: numels, for the cautious per-tensor rescale
 
 
 def _bucket_step(
@@ -141,7 +143,6 @@ def _bucket_step(
     decay: Tensor,
     m_weight: Tensor,
     v_keep: Tensor,
-    lengths: Tensor,
     *,
     beta1: float,
     beta2: float,
@@ -157,15 +158,15 @@ def _bucket_step(
     maths), arrive as 0-dim tensors on the device, so ``torch.compile`` never recompiles for them and
     nothing is copied from the host; constants arrive as Python values. See :meth:`C3O.step` for the
     gates. The maths is ``torch.optim.AdamW``'s, in fp32 working copies.
+
+    The bucket is updated in segments (:func:`_segments`): each large tensor alone, read and written
+    in place, and the small ones joined into one flat piece, so the bytes that matter (an embedding)
+    pass through a few fused kernels without a flat fp32 copy of parameters and gradients. Every
+    element's arithmetic and rounding noise are what one flat pass over the bucket would give.
     """
-    p32 = torch.cat([p.reshape(-1) for p in params]).float()
-    g32 = torch.cat([g.reshape(-1) for g in grads]).float()
-    m32 = exp_avg.float()  # the buffer itself when the state is fp32
-    v32 = exp_avg_sq.float()
     if ok is None:
         step.add_(1)
     else:
-        g32 = torch.where(ok, g32, 0.0)  # NaN/inf of a skipped step never reach the state
         step.add_(ok.to(step.dtype))
     # fp64 like AdamW's Python-float maths. A skipped first step leaves the count at 0: the clamp keeps
     # the corrections finite (the step size is gated to 0 then anyway).
@@ -175,33 +176,49 @@ def _bucket_step(
     step_size = -lr / bias_correction1
     if ok is not None:
         step_size = torch.where(ok, step_size, 0.0)
-
-    # --- AdamW, in torch.optim.AdamW's op order (single-tensor path) ---
-    p32.mul_(decay)
-    m32.lerp_(g32, m_weight)
-    v32.mul_(v_keep).addcmul_(g32, g32, value=1 - beta2)
-    denom = (v32.sqrt() / bias_correction2_sqrt).add_(eps)
-    update = m32 / denom
-    if cautious:
-        # u = m_hat / (sqrt(v_hat) + eps) up to the positive step size; per tensor, mask it against g
-        # and rescale by the kept fraction (cautious_mask_, batched over the bucket's tensors).
-        mask = (update * g32 > 0).float()
-        kept = torch.stack(torch._foreach_norm(list(mask.split(numels)), 1))  # per-tensor counts
-        fraction = (kept / lengths).clamp(min=1e-3)
-        mask.div_(torch.repeat_interleave(fraction, lengths, output_size=mask.numel()))
-        update.mul_(mask)
-    p32.add_(update * step_size)
-
-    # --- write back; what lives in bf16 with stochastic rounding ---
     t_int = step.to(torch.int64)
-    for stream, (dst, src) in enumerate(((exp_avg, m32), (exp_avg_sq, v32))):
-        if dst.dtype == torch.bfloat16:
-            key = _mix32((noise_base ^ (t_int * 4 + stream)) & _U32)
-            dst.copy_(_round_with_noise(src, _hash_noise16(src.numel(), key)))
-    if params[0].dtype == torch.bfloat16:
-        key = _mix32((noise_base ^ (t_int * 4 + 2)) & _U32)
-        p32 = _round_with_noise(p32, _hash_noise16(p32.numel(), key))
-    torch._foreach_copy_(params, [x.view_as(p) for x, p in zip(p32.split(numels), params, strict=True)])
+    keys = [_mix32((noise_base ^ (t_int * 4 + stream)) & _U32) for stream in range(3)]  # m, v, params
+
+    for first, stop, offset in _segments(numels):
+        sizes, total = numels[first:stop], sum(numels[first:stop])
+        ps, gs = params[first:stop], grads[first:stop]
+        p32 = (ps[0].reshape(-1) if len(ps) == 1 else torch.cat([p.reshape(-1) for p in ps])).float()
+        g32 = (gs[0].reshape(-1) if len(gs) == 1 else torch.cat([g.reshape(-1) for g in gs])).float()
+        m_dst, v_dst = exp_avg[offset : offset + total], exp_avg_sq[offset : offset + total]
+        m32, v32 = m_dst.float(), v_dst.float()  # the buffers themselves when the state is fp32
+        if ok is not None:
+            g32 = torch.where(ok, g32, 0.0)  # NaN/inf of a skipped step never reach the state
+
+        # --- AdamW, in torch.optim.AdamW's op order (single-tensor path) ---
+        p32 = p32 * decay
+        m32.lerp_(g32, m_weight)
+        v32.mul_(v_keep).addcmul_(g32, g32, value=1 - beta2)
+        denom = (v32.sqrt() / bias_correction2_sqrt).add_(eps)
+        update = m32 / denom
+        if cautious:
+            # u = m_hat / (sqrt(v_hat) + eps) up to the positive step size; per tensor, mask it against
+            # g and rescale by the kept fraction (cautious_mask_, batched). Each run of equal-size
+            # tensors is one (count, size) block, so the per-tensor counts are one row sum per run.
+            mask = (update * g32 > 0).float()
+            scaled, start = [], 0
+            for count, size in _runs(sizes):
+                block = mask[start : start + count * size].view(count, size)
+                fraction = (block.sum(1) / size).clamp(min=1e-3)
+                scaled.append((block / fraction[:, None]).reshape(-1))
+                start += count * size
+            update = update * (torch.cat(scaled) if len(scaled) > 1 else scaled[0])
+        p32 = p32 + update * step_size
+
+        # --- write back; what lives in bf16 with stochastic rounding ---
+        for dst, src, key in ((m_dst, m32, keys[0]), (v_dst, v32, keys[1])):
+            if dst.dtype == torch.bfloat16:
+                dst.copy_(_round_with_noise(src, _hash_noise16(total, key, offset)))
+        if ps[0].dtype == torch.bfloat16:
+            p32 = _round_with_noise(p32, _hash_noise16(total, keys[2], offset))
+        if len(ps) == 1:
+            ps[0].copy_(p32.view_as(ps[0]))
+        else:
+            torch._foreach_copy_(ps, [x.view_as(p) for x, p in zip(p32.split(sizes), ps, strict=True)])
 
 
 class C3O(torch.optim.Optimizer):
@@ -287,6 +304,7 @@ class C3O(torch.optim.Optimizer):
             members.setdefault((p.dtype, p.device, step_key), []).append(p)
         buckets = []
         for (_, device, _), ps in members.items():
+            ps.sort(key=lambda p: -p.numel())  # stable: equal sizes lie together (see _runs)
             numels = [p.numel() for p in ps]
             flat = {k: torch.zeros(sum(numels), dtype=self.state_dtype, device=device) for k in _MOMENT_KEYS}
             old_step = self.state[ps[0]].get("step")
@@ -304,10 +322,7 @@ class C3O(torch.optim.Optimizer):
                     state[k] = view
                 state["step"] = step
             noise_base = _mix32((_mix32(self.seed & _U32) ^ first_index[id(ps[0])]) & _U32)
-            lengths = torch.tensor(numels, dtype=torch.int64).to(device)
-            buckets.append(
-                _Bucket(ps, numels, flat["exp_avg"], flat["exp_avg_sq"], step, noise_base, lengths)
-            )
+            buckets.append(_Bucket(ps, numels, flat["exp_avg"], flat["exp_avg_sq"], step, noise_base))
         self._buckets[index] = (key, buckets)
         return buckets
 
@@ -354,7 +369,7 @@ class C3O(torch.optim.Optimizer):
             for b in self._group_buckets(index, params):
                 self._step_fn(
                     b.params, [p.grad for p in b.params], b.exp_avg, b.exp_avg_sq, b.step, ok,
-                    lr_t, decay, m_weight, v_keep, b.lengths, beta1=beta1, beta2=beta2, eps=group["eps"],
+                    lr_t, decay, m_weight, v_keep, beta1=beta1, beta2=beta2, eps=group["eps"],
                     noise_base=b.noise_base, numels=b.numels, cautious=group["cautious"],
                 )  # fmt: skip
         return loss
@@ -380,6 +395,43 @@ class C3O(torch.optim.Optimizer):
                 if key in saved:
                     self.state[p][key] = saved[key].to(device=p.device, dtype=self.state_dtype, copy=True)
         self._buckets.clear()
+
+
+# Tensors of at least this many elements are a segment of their own in a bucket's step (_segments).
+_SEGMENT_MIN_NUMEL = 1 << 16
+
+
+def _segments(numels: list[int]) -> list[tuple[int, int, int]]:
+    """``(first, stop, offset)``: the bucket's tensors ``[first, stop)`` starting at flat ``offset``.
+
+    A tensor of ``_SEGMENT_MIN_NUMEL`` elements or more is a segment alone; consecutive smaller ones
+    share one (a bucket lists its tensors largest first, so the small ones are one segment).
+    """
+    segments: list[tuple[int, int, int]] = []
+    offset = 0
+    for i, n in enumerate(numels):
+        joins = n < _SEGMENT_MIN_NUMEL and segments and numels[segments[-1][1] - 1] < _SEGMENT_MIN_NUMEL
+        if joins:
+            first, _, start = segments[-1]
+            segments[-1] = (first, i + 1, start)
+        else:
+            segments.append((i, i + 1, offset))
+        offset += n
+    return segments
+
+
+def _runs(numels: list[int]) -> list[tuple[int, int]]:
+    """``(count, size)`` of each run of consecutive equal sizes in ``numels``.
+
+    A bucket holds its tensors largest first, so a model's many same-size norm gains make a few runs.
+    """
+    runs: list[tuple[int, int]] = []
+    for n in numels:
+        if runs and runs[-1][1] == n:
+            runs[-1] = (runs[-1][0] + 1, n)
+        else:
+            runs.append((1, n))
+    return runs
 
 
 def _offsets(numels: list[int]) -> list[int]:

@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import profile  # noqa: E402
+
 from model.config import from_preset  # noqa: E402
 from model.decoder import SigmaLM  # noqa: E402
 from training.metrics import ResourceSampler  # noqa: E402

@@ -28,10 +28,11 @@ Layout and speed: the parameters of a param group that share (dtype, device, ste
 *bucket*, its tensors ordered largest first (so the many same-size norm gains lie together). Its
 moments live in two flat persistent buffers; ``state[p]["exp_avg"]`` etc. are views of
 them, so ``state_dict`` keeps the per-parameter format (and older checkpoints load), while a step
-runs its maths on whole buckets: gather the gradients and parameters into one flat fp32 tensor each,
-update, write back. The whole bucket update is one function of tensors (:func:`_bucket_step`) that
-``compile=True`` hands to ``torch.compile``, which fuses it into a few kernels; eager it is about 25
-full passes, all of them launches on one big tensor rather than a loop over ~50 parameters.
+runs its maths on whole buckets, a segment at a time (:func:`_segments`): a large tensor (an
+embedding) alone and in place, the small ones (norm gains) joined into one flat fp32 piece. The update
+is two functions of tensors, the cautious mask's per-tensor counts (:func:`_bucket_fractions`) and the
+update itself (:func:`_bucket_step`), which ``compile=True`` hands to ``torch.compile`` to fuse. Eager
+they are about 35 passes, launches on a few big tensors rather than a loop over ~50 parameters.
 
 Stochastic rounding randomness: a counter-based hash of (``seed``, bucket, step count, element
 index), computed with integer tensor ops (:func:`_hash_noise16`), so it needs no ``torch.Generator``,
@@ -132,6 +133,82 @@ class _Bucket:
     noise_base: int  # (seed, bucket) part of the stochastic-rounding key
 
 
+def _segment_inputs(
+    grads: list[Tensor], exp_avg: Tensor, exp_avg_sq: Tensor, ok: Tensor | None, first: int, stop: int,
+    offset: int, total: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A segment's gradient, ``exp_avg`` and ``exp_avg_sq`` as flat fp32 (see :func:`_bucket_step`).
+
+    The moments are views of the bucket's buffers when the state is fp32. A skipped step's gradient
+    is zeroed, so its NaN/inf never reach the state.
+    """
+    gs = grads[first:stop]
+    g32 = (gs[0].reshape(-1) if len(gs) == 1 else torch.cat([g.reshape(-1) for g in gs])).float()
+    if ok is not None:
+        g32 = torch.where(ok, g32, 0.0)
+    return g32, exp_avg[offset : offset + total].float(), exp_avg_sq[offset : offset + total].float()
+
+
+def _adam(
+    g32: Tensor, m32: Tensor, v32: Tensor, m_weight: Tensor, v_keep: Tensor, bias_correction2_sqrt: Tensor,
+    *, beta2: float, eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The new moments and the update ``m / (sqrt(v_hat) + eps)`` (before the step size), out of place.
+
+    ``torch.optim.AdamW``'s arithmetic in its op order (single-tensor path).
+    """
+    m_new = m32.lerp(g32, m_weight)
+    v_new = (v32 * v_keep).addcmul(g32, g32, value=1 - beta2)
+    return m_new, v_new, m_new / ((v_new.sqrt() / bias_correction2_sqrt) + eps)
+
+
+def _bias_correction2_sqrt(step: Tensor, beta2: float) -> Tensor:
+    """``sqrt(1 - beta2^t)`` in fp64 (like AdamW's Python floats) for the already advanced count ``step``.
+
+    A skipped first step leaves the count at 0: the clamp keeps the corrections finite (the step size
+    is gated to 0 then anyway).
+    """
+    return (1 - beta2 ** step.double().clamp(min=1)).sqrt()
+
+
+def _bucket_fractions(
+    grads: list[Tensor],
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    ok: Tensor | None,
+    m_weight: Tensor,
+    v_keep: Tensor,
+    *,
+    beta2: float,
+    eps: float,
+    numels: list[int],
+) -> Tensor:
+    """Cautious masking's kept fraction of each of a bucket's tensors for the coming step, ``(n,)`` fp32.
+
+    ``mean(u * g > 0)`` per tensor, clamped to 1e-3 (:func:`cautious_mask_`), read from the gradients
+    and moments before :func:`_bucket_step` changes them. A pass of its own: the counts are reductions
+    the update needs before it can write anything, and in one graph Inductor keeps the update's fp32
+    intermediates in memory between the two; apart, the reduction reads three bf16 tensors and the
+    update fuses into one kernel per segment. Each run of equal-size tensors is one ``(count, size)``
+    block, so the counts are one row sum per run.
+    """
+    advanced = step + (1 if ok is None else ok.to(step.dtype))
+    bias_correction2_sqrt = _bias_correction2_sqrt(advanced, beta2)
+    fractions = []
+    for first, stop, offset in _segments(numels):
+        sizes = numels[first:stop]
+        g32, m32, v32 = _segment_inputs(grads, exp_avg, exp_avg_sq, ok, first, stop, offset, sum(sizes))
+        _, _, update = _adam(g32, m32, v32, m_weight, v_keep, bias_correction2_sqrt, beta2=beta2, eps=eps)
+        mask = (update * g32 > 0).float()
+        start = 0
+        for count, size in _runs(sizes):
+            kept = mask[start : start + count * size].view(count, size).sum(1)
+            fractions.append((kept / size).clamp(min=1e-3))
+            start += count * size
+    return torch.cat(fractions) if len(fractions) > 1 else fractions[0]
+
+
 def _bucket_step(
     params: list[Tensor],
     grads: list[Tensor],
@@ -143,13 +220,13 @@ def _bucket_step(
     decay: Tensor,
     m_weight: Tensor,
     v_keep: Tensor,
+    fractions: Tensor | None,
     *,
     beta1: float,
     beta2: float,
     eps: float,
     noise_base: int,
     numels: list[int],
-    cautious: bool,
 ) -> None:
     """One C3O step of a bucket, in place: parameters, flat moments and the step count.
 
@@ -157,22 +234,17 @@ def _bucket_step(
     (``1 - lr * wd``), ``m_weight`` (``1 - beta1``) and ``v_keep`` (``beta2``) (fp32, the dtype of the
     maths), arrive as 0-dim tensors on the device, so ``torch.compile`` never recompiles for them and
     nothing is copied from the host; constants arrive as Python values. See :meth:`C3O.step` for the
-    gates. The maths is ``torch.optim.AdamW``'s, in fp32 working copies.
+    gates. The maths is ``torch.optim.AdamW``'s, in fp32 working copies. ``fractions``: the cautious
+    mask's per-tensor kept fractions (:func:`_bucket_fractions`), or None without cautious masking.
 
     The bucket is updated in segments (:func:`_segments`): each large tensor alone, read and written
     in place, and the small ones joined into one flat piece, so the bytes that matter (an embedding)
-    pass through a few fused kernels without a flat fp32 copy of parameters and gradients. Every
+    pass through one fused kernel without a flat fp32 copy of parameters and gradients. Every
     element's arithmetic and rounding noise are what one flat pass over the bucket would give.
     """
-    if ok is None:
-        step.add_(1)
-    else:
-        step.add_(ok.to(step.dtype))
-    # fp64 like AdamW's Python-float maths. A skipped first step leaves the count at 0: the clamp keeps
-    # the corrections finite (the step size is gated to 0 then anyway).
-    t = step.double().clamp(min=1)
-    bias_correction1 = 1 - beta1**t
-    bias_correction2_sqrt = (1 - beta2**t).sqrt()
+    step.add_(1 if ok is None else ok.to(step.dtype))
+    bias_correction1 = 1 - beta1 ** step.double().clamp(min=1)
+    bias_correction2_sqrt = _bias_correction2_sqrt(step, beta2)
     step_size = -lr / bias_correction1
     if ok is not None:
         step_size = torch.where(ok, step_size, 0.0)
@@ -180,39 +252,27 @@ def _bucket_step(
     keys = [_mix32((noise_base ^ (t_int * 4 + stream)) & _U32) for stream in range(3)]  # m, v, params
 
     for first, stop, offset in _segments(numels):
-        sizes, total = numels[first:stop], sum(numels[first:stop])
-        ps, gs = params[first:stop], grads[first:stop]
+        sizes, total, ps = numels[first:stop], sum(numels[first:stop]), params[first:stop]
+        g32, m32, v32 = _segment_inputs(grads, exp_avg, exp_avg_sq, ok, first, stop, offset, total)
         p32 = (ps[0].reshape(-1) if len(ps) == 1 else torch.cat([p.reshape(-1) for p in ps])).float()
-        g32 = (gs[0].reshape(-1) if len(gs) == 1 else torch.cat([g.reshape(-1) for g in gs])).float()
-        m_dst, v_dst = exp_avg[offset : offset + total], exp_avg_sq[offset : offset + total]
-        m32, v32 = m_dst.float(), v_dst.float()  # the buffers themselves when the state is fp32
-        if ok is not None:
-            g32 = torch.where(ok, g32, 0.0)  # NaN/inf of a skipped step never reach the state
-
-        # --- AdamW, in torch.optim.AdamW's op order (single-tensor path) ---
         p32 = p32 * decay
-        m32.lerp_(g32, m_weight)
-        v32.mul_(v_keep).addcmul_(g32, g32, value=1 - beta2)
-        denom = (v32.sqrt() / bias_correction2_sqrt).add_(eps)
-        update = m32 / denom
-        if cautious:
-            # u = m_hat / (sqrt(v_hat) + eps) up to the positive step size; per tensor, mask it against
-            # g and rescale by the kept fraction (cautious_mask_, batched). Each run of equal-size
-            # tensors is one (count, size) block, so the per-tensor counts are one row sum per run.
+        m32, v32, update = _adam(g32, m32, v32, m_weight, v_keep, bias_correction2_sqrt, beta2=beta2, eps=eps)
+        if fractions is not None:
+            # Per tensor: zero the components that disagree with g, rescale by the kept fraction.
             mask = (update * g32 > 0).float()
-            scaled, start = [], 0
+            scaled, start, index = [], 0, first
             for count, size in _runs(sizes):
                 block = mask[start : start + count * size].view(count, size)
-                fraction = (block.sum(1) / size).clamp(min=1e-3)
-                scaled.append((block / fraction[:, None]).reshape(-1))
-                start += count * size
+                scaled.append((block / fractions[index : index + count, None]).reshape(-1))
+                start, index = start + count * size, index + count
             update = update * (torch.cat(scaled) if len(scaled) > 1 else scaled[0])
         p32 = p32 + update * step_size
 
         # --- write back; what lives in bf16 with stochastic rounding ---
-        for dst, src, key in ((m_dst, m32, keys[0]), (v_dst, v32, keys[1])):
-            if dst.dtype == torch.bfloat16:
-                dst.copy_(_round_with_noise(src, _hash_noise16(total, key, offset)))
+        for buffer, value, key in ((exp_avg, m32, keys[0]), (exp_avg_sq, v32, keys[1])):
+            if buffer.dtype == torch.bfloat16:
+                value = _round_with_noise(value, _hash_noise16(total, key, offset))
+            buffer[offset : offset + total].copy_(value)
         if ps[0].dtype == torch.bfloat16:
             p32 = _round_with_noise(p32, _hash_noise16(total, keys[2], offset))
         if len(ps) == 1:
@@ -272,8 +332,10 @@ class C3O(torch.optim.Optimizer):
                     raise ValueError(f"C3O supports fp32 and bf16 parameters; got {p.dtype}")
         self.state_dtype = state_dtype
         self.seed = seed
-        self._step_fn = (
-            torch.compile(_bucket_step, fullgraph=True, dynamic=False) if compile else _bucket_step
+        self._fractions_fn, self._step_fn = (
+            (torch.compile(fn, fullgraph=True, dynamic=False) for fn in (_bucket_fractions, _bucket_step))
+            if compile
+            else (_bucket_fractions, _bucket_step)
         )
         # param-group index -> (ids of the params that had gradients, their buckets); rebuilt when that
         # set changes or a state dict is loaded.
@@ -367,10 +429,17 @@ class C3O(torch.optim.Optimizer):
                 for v, n, d in scalars
             )
             for b in self._group_buckets(index, params):
+                grads = [p.grad for p in b.params]
+                fractions = (
+                    self._fractions_fn(grads, b.exp_avg, b.exp_avg_sq, b.step, ok, m_weight, v_keep,
+                                       beta2=beta2, eps=group["eps"], numels=b.numels)
+                    if group["cautious"]
+                    else None
+                )  # fmt: skip
                 self._step_fn(
-                    b.params, [p.grad for p in b.params], b.exp_avg, b.exp_avg_sq, b.step, ok,
-                    lr_t, decay, m_weight, v_keep, beta1=beta1, beta2=beta2, eps=group["eps"],
-                    noise_base=b.noise_base, numels=b.numels, cautious=group["cautious"],
+                    b.params, grads, b.exp_avg, b.exp_avg_sq, b.step, ok, lr_t, decay, m_weight, v_keep,
+                    fractions, beta1=beta1, beta2=beta2, eps=group["eps"], noise_base=b.noise_base,
+                    numels=b.numels,
                 )  # fmt: skip
         return loss
 

@@ -127,26 +127,25 @@ class _Bucket:
 
     params: list[Tensor]
     numels: list[int]
-    exp_avg: Tensor  # (N,) state_dtype
-    exp_avg_sq: Tensor  # (N,) state_dtype
+    exp_avg: list[Tensor]  # per segment (_segments), flat, state_dtype
+    exp_avg_sq: list[Tensor]
     step: Tensor  # 0-dim fp32 on the params' device: this bucket's Adam step count
     noise_base: int  # (seed, bucket) part of the stochastic-rounding key
 
 
 def _segment_inputs(
-    grads: list[Tensor], exp_avg: Tensor, exp_avg_sq: Tensor, ok: Tensor | None, first: int, stop: int,
-    offset: int, total: int,
+    grads: list[Tensor], exp_avg: Tensor, exp_avg_sq: Tensor, ok: Tensor | None, first: int, stop: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """A segment's gradient, ``exp_avg`` and ``exp_avg_sq`` as flat fp32 (see :func:`_bucket_step`).
+    """The gradients ``[first, stop)`` as one flat fp32 tensor, and the segment's moments in fp32.
 
-    The moments are views of the bucket's buffers when the state is fp32. A skipped step's gradient
-    is zeroed, so its NaN/inf never reach the state.
+    The moments are the buffers themselves when the state is fp32. A skipped step's gradient is
+    zeroed, so its NaN/inf never reach the state.
     """
     gs = grads[first:stop]
     g32 = (gs[0].reshape(-1) if len(gs) == 1 else torch.cat([g.reshape(-1) for g in gs])).float()
     if ok is not None:
         g32 = torch.where(ok, g32, 0.0)
-    return g32, exp_avg[offset : offset + total].float(), exp_avg_sq[offset : offset + total].float()
+    return g32, exp_avg.float(), exp_avg_sq.float()
 
 
 def _adam(
@@ -163,7 +162,7 @@ def _adam(
 
 
 def _bias_correction2_sqrt(step: Tensor, beta2: float) -> Tensor:
-    """``sqrt(1 - beta2^t)`` in fp64 (like AdamW's Python floats) for the already advanced count ``step``.
+    """``sqrt(1 - beta2^t)`` in fp64 (like AdamW's Python floats) for the advanced count ``step``.
 
     A skipped first step leaves the count at 0: the clamp keeps the corrections finite (the step size
     is gated to 0 then anyway).
@@ -173,8 +172,8 @@ def _bias_correction2_sqrt(step: Tensor, beta2: float) -> Tensor:
 
 def _bucket_fractions(
     grads: list[Tensor],
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
+    exp_avg: list[Tensor],
+    exp_avg_sq: list[Tensor],
     step: Tensor,
     ok: Tensor | None,
     m_weight: Tensor,
@@ -184,7 +183,7 @@ def _bucket_fractions(
     eps: float,
     numels: list[int],
 ) -> Tensor:
-    """Cautious masking's kept fraction of each of a bucket's tensors for the coming step, ``(n,)`` fp32.
+    """Cautious masking's kept fraction of each of a bucket's tensors, ``(n,)`` fp32, at count ``step``.
 
     ``mean(u * g > 0)`` per tensor, clamped to 1e-3 (:func:`cautious_mask_`), read from the gradients
     and moments before :func:`_bucket_step` changes them. A pass of its own: the counts are reductions
@@ -193,12 +192,11 @@ def _bucket_fractions(
     update fuses into one kernel per segment. Each run of equal-size tensors is one ``(count, size)``
     block, so the counts are one row sum per run.
     """
-    advanced = step + (1 if ok is None else ok.to(step.dtype))
-    bias_correction2_sqrt = _bias_correction2_sqrt(advanced, beta2)
+    bias_correction2_sqrt = _bias_correction2_sqrt(step, beta2)
     fractions = []
-    for first, stop, offset in _segments(numels):
+    for segment, (first, stop, _) in enumerate(_segments(numels)):
         sizes = numels[first:stop]
-        g32, m32, v32 = _segment_inputs(grads, exp_avg, exp_avg_sq, ok, first, stop, offset, sum(sizes))
+        g32, m32, v32 = _segment_inputs(grads, exp_avg[segment], exp_avg_sq[segment], ok, first, stop)
         _, _, update = _adam(g32, m32, v32, m_weight, v_keep, bias_correction2_sqrt, beta2=beta2, eps=eps)
         mask = (update * g32 > 0).float()
         start = 0
@@ -212,8 +210,8 @@ def _bucket_fractions(
 def _bucket_step(
     params: list[Tensor],
     grads: list[Tensor],
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
+    exp_avg: list[Tensor],
+    exp_avg_sq: list[Tensor],
     step: Tensor,
     ok: Tensor | None,
     lr: Tensor,
@@ -228,7 +226,7 @@ def _bucket_step(
     noise_base: int,
     numels: list[int],
 ) -> None:
-    """One C3O step of a bucket, in place: parameters, flat moments and the step count.
+    """One C3O step of a bucket, in place: parameters and moments, at the already advanced count ``step``.
 
     The values the lr schedule changes every step, ``lr`` (fp64) and the gated factors ``decay``
     (``1 - lr * wd``), ``m_weight`` (``1 - beta1``) and ``v_keep`` (``beta2``) (fp32, the dtype of the
@@ -240,9 +238,10 @@ def _bucket_step(
     The bucket is updated in segments (:func:`_segments`): each large tensor alone, read and written
     in place, and the small ones joined into one flat piece, so the bytes that matter (an embedding)
     pass through one fused kernel without a flat fp32 copy of parameters and gradients. Every
-    element's arithmetic and rounding noise are what one flat pass over the bucket would give.
+    element's arithmetic and rounding noise are what one flat pass over the bucket would give. Each
+    segment's moments are whole buffers and nothing else is written (the caller advances ``step``),
+    so Inductor can write every result from the kernel that computes it.
     """
-    step.add_(1 if ok is None else ok.to(step.dtype))
     bias_correction1 = 1 - beta1 ** step.double().clamp(min=1)
     bias_correction2_sqrt = _bias_correction2_sqrt(step, beta2)
     step_size = -lr / bias_correction1
@@ -251,9 +250,10 @@ def _bucket_step(
     t_int = step.to(torch.int64)
     keys = [_mix32((noise_base ^ (t_int * 4 + stream)) & _U32) for stream in range(3)]  # m, v, params
 
-    for first, stop, offset in _segments(numels):
+    for segment, (first, stop, offset) in enumerate(_segments(numels)):
         sizes, total, ps = numels[first:stop], sum(numels[first:stop]), params[first:stop]
-        g32, m32, v32 = _segment_inputs(grads, exp_avg, exp_avg_sq, ok, first, stop, offset, total)
+        m_buffer, v_buffer = exp_avg[segment], exp_avg_sq[segment]
+        g32, m32, v32 = _segment_inputs(grads, m_buffer, v_buffer, ok, first, stop)
         p32 = (ps[0].reshape(-1) if len(ps) == 1 else torch.cat([p.reshape(-1) for p in ps])).float()
         p32 = p32 * decay
         m32, v32, update = _adam(g32, m32, v32, m_weight, v_keep, bias_correction2_sqrt, beta2=beta2, eps=eps)
@@ -269,10 +269,10 @@ def _bucket_step(
         p32 = p32 + update * step_size
 
         # --- write back; what lives in bf16 with stochastic rounding ---
-        for buffer, value, key in ((exp_avg, m32, keys[0]), (exp_avg_sq, v32, keys[1])):
+        for buffer, value, key in ((m_buffer, m32, keys[0]), (v_buffer, v32, keys[1])):
             if buffer.dtype == torch.bfloat16:
                 value = _round_with_noise(value, _hash_noise16(total, key, offset))
-            buffer[offset : offset + total].copy_(value)
+            buffer.copy_(value)
         if ps[0].dtype == torch.bfloat16:
             p32 = _round_with_noise(p32, _hash_noise16(total, keys[2], offset))
         if len(ps) == 1:
@@ -368,21 +368,27 @@ class C3O(torch.optim.Optimizer):
         for (_, device, _), ps in members.items():
             ps.sort(key=lambda p: -p.numel())  # stable: equal sizes lie together (see _runs)
             numels = [p.numel() for p in ps]
-            flat = {k: torch.zeros(sum(numels), dtype=self.state_dtype, device=device) for k in _MOMENT_KEYS}
+            segments = _segments(numels)
+            flat = {
+                k: [torch.zeros(sum(numels[first:stop]), dtype=self.state_dtype, device=device)
+                    for first, stop, _ in segments]
+                for k in _MOMENT_KEYS
+            }  # fmt: skip
             old_step = self.state[ps[0]].get("step")
             step = (
                 torch.zeros((), dtype=torch.float32, device=device)
                 if old_step is None
                 else old_step.detach().to(device=device, dtype=torch.float32, copy=True)
             )
-            for p, n, offset in zip(ps, numels, _offsets(numels), strict=True):
-                state = self.state[p]
-                for k in _MOMENT_KEYS:
-                    view = flat[k][offset : offset + n].view_as(p)
-                    if k in state:
-                        view.copy_(state[k])
-                    state[k] = view
-                state["step"] = step
+            for segment, (first, stop, _) in enumerate(segments):
+                for p, offset in zip(ps[first:stop], _offsets(numels[first:stop]), strict=True):
+                    state = self.state[p]
+                    for k in _MOMENT_KEYS:
+                        view = flat[k][segment][offset : offset + p.numel()].view_as(p)
+                        if k in state:
+                            view.copy_(state[k])
+                        state[k] = view
+                    state["step"] = step
             noise_base = _mix32((_mix32(self.seed & _U32) ^ first_index[id(ps[0])]) & _U32)
             buckets.append(_Bucket(ps, numels, flat["exp_avg"], flat["exp_avg_sq"], step, noise_base))
         self._buckets[index] = (key, buckets)
@@ -429,6 +435,7 @@ class C3O(torch.optim.Optimizer):
                 for v, n, d in scalars
             )
             for b in self._group_buckets(index, params):
+                b.step.add_(1 if ok is None else ok.to(b.step.dtype))
                 grads = [p.grad for p in b.params]
                 fractions = (
                     self._fractions_fn(grads, b.exp_avg, b.exp_avg_sq, b.step, ok, m_weight, v_keep,

@@ -27,7 +27,7 @@ from training.optim import (
     zeropower_via_newtonschulz,
 )
 from training.optim import c3o as c3o_module
-from training.optim.c3o import _hash_noise16, _round_with_noise, _runs, cautious_mask_
+from training.optim.c3o import _hash32, _hash_noise16, _round_with_noise, _runs, cautious_mask_
 from training.optim.newton_schulz import DEFAULT_NS_COEFFICIENTS, coefficient_schedule
 
 # ---------------------------------------------------------------------------- helpers
@@ -592,6 +592,17 @@ def test_hashed_noise_rounding_is_unbiased_and_keyed() -> None:
     # Same key, same noise; another key, different noise.
     assert torch.equal(noise, _hash_noise16(x.numel(), key))
     assert not torch.equal(noise, _hash_noise16(x.numel(), torch.tensor(12346)))
+
+
+def test_hash_halves_are_uniform_and_unrelated() -> None:
+    # The two moments round with the two halves of one hash: each half uniform, the halves uncorrelated.
+    bits = _hash32(200_000, torch.tensor(777), start=5)
+    high, low = (bits >> 16).float(), (bits & 0xFFFF).float()
+    for half in (high, low):
+        counts = torch.bincount(half.long() >> 12, minlength=16).float()
+        assert (counts / counts.mean() - 1).abs().max() < 0.05
+    assert abs(torch.corrcoef(torch.stack([high, low]))[0, 1].item()) < 0.01
+    assert torch.equal(bits[10:20], _hash32(10, torch.tensor(777), start=15))  # a slice draws the same
 
 
 def test_c3o_bf16_noise_depends_on_seed_only_through_the_seed() -> None:

@@ -35,7 +35,7 @@ update itself (:func:`_bucket_step`), which ``compile=True`` hands to ``torch.co
 they are about 35 passes, launches on a few big tensors rather than a loop over ~50 parameters.
 
 Stochastic rounding randomness: a counter-based hash of (``seed``, bucket, step count, element
-index), computed with integer tensor ops (:func:`_hash_noise16`), so it needs no ``torch.Generator``,
+index), computed with integer tensor ops (:func:`_hash32`), so it needs no ``torch.Generator``,
 fuses under ``torch.compile``, and is identical eager or compiled, CPU or GPU. The step count it uses
 is the bucket's device-side one, so a resumed run draws the same noise as an uninterrupted one from
 the saved ``step`` alone, and a step skipped with ``ok=False`` changes nothing, later noise included.
@@ -97,17 +97,22 @@ def _mix32(x: Tensor | int) -> Tensor | int:
     return x ^ (x >> 16)
 
 
-def _hash_noise16(numel: int, key: Tensor, start: int = 0) -> Tensor:
-    """``numel`` pseudo-random ints in [0, 2^16), one per element index from ``start``, from the int64
-    0-dim ``key``.
+def _hash32(numel: int, key: Tensor, start: int = 0) -> Tensor:
+    """``numel`` pseudo-random 32-bit ints (held in int64), one per element index from ``start``, from
+    the int64 0-dim ``key``.
 
-    ``noise[i] = mix((start + i) ^ key) >> 16``: the key (well mixed, 32 bits) permutes the index
-    space, the hash decorrelates neighbours. Plain integer tensor ops, so the same numbers come out
-    eager or under ``torch.compile`` and on any device, and a slice of a buffer draws what the whole
-    buffer would at those indices.
+    ``hash[i] = mix((start + i) ^ key)``: the key (well mixed, 32 bits) permutes the index space, the
+    hash decorrelates neighbours. Plain integer tensor ops, so the same numbers come out eager or under
+    ``torch.compile`` and on any device, and a slice of a buffer draws what the whole buffer would at
+    those indices.
     """
     index = torch.arange(start, start + numel, device=key.device, dtype=torch.int64)
-    return _mix32(index ^ key) >> 16
+    return _mix32(index ^ key)
+
+
+def _hash_noise16(numel: int, key: Tensor, start: int = 0) -> Tensor:
+    """``numel`` pseudo-random ints in [0, 2^16): the high halves of :func:`_hash32`."""
+    return _hash32(numel, key, start) >> 16
 
 
 def cautious_mask_(update: Tensor, grad: Tensor) -> Tensor:
@@ -127,7 +132,7 @@ class _Bucket:
 
     params: list[Tensor]
     numels: list[int]
-    exp_avg: list[Tensor]  # per segment (_segments), flat, state_dtype
+    exp_avg: list[Tensor]  # per segment (_segments), state_dtype: a lone tensor's shape, else flat
     exp_avg_sq: list[Tensor]
     step: Tensor  # 0-dim fp32 on the params' device: this bucket's Adam step count
     noise_base: int  # (seed, bucket) part of the stochastic-rounding key
@@ -136,13 +141,14 @@ class _Bucket:
 def _segment_inputs(
     grads: list[Tensor], exp_avg: Tensor, exp_avg_sq: Tensor, ok: Tensor | None, first: int, stop: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The gradients ``[first, stop)`` as one flat fp32 tensor, and the segment's moments in fp32.
+    """The gradients ``[first, stop)`` in fp32 (one tensor as it is, several joined flat), and the
+    segment's moments in fp32 (shaped alike: :meth:`C3O._group_buckets`).
 
     The moments are the buffers themselves when the state is fp32. A skipped step's gradient is
     zeroed, so its NaN/inf never reach the state.
     """
     gs = grads[first:stop]
-    g32 = (gs[0].reshape(-1) if len(gs) == 1 else torch.cat([g.reshape(-1) for g in gs])).float()
+    g32 = (gs[0] if len(gs) == 1 else torch.cat([g.reshape(-1) for g in gs])).float()
     if ok is not None:
         g32 = torch.where(ok, g32, 0.0)
     return g32, exp_avg.float(), exp_avg_sq.float()
@@ -198,7 +204,7 @@ def _bucket_fractions(
         sizes = numels[first:stop]
         g32, m32, v32 = _segment_inputs(grads, exp_avg[segment], exp_avg_sq[segment], ok, first, stop)
         _, _, update = _adam(g32, m32, v32, m_weight, v_keep, bias_correction2_sqrt, beta2=beta2, eps=eps)
-        mask = (update * g32 > 0).float()
+        mask = (update * g32 > 0).float().reshape(-1)
         start = 0
         for count, size in _runs(sizes):
             kept = mask[start : start + count * size].view(count, size).sum(1)
@@ -236,47 +242,55 @@ def _bucket_step(
     mask's per-tensor kept fractions (:func:`_bucket_fractions`), or None without cautious masking.
 
     The bucket is updated in segments (:func:`_segments`): each large tensor alone, read and written
-    in place, and the small ones joined into one flat piece, so the bytes that matter (an embedding)
-    pass through one fused kernel without a flat fp32 copy of parameters and gradients. Every
-    element's arithmetic and rounding noise are what one flat pass over the bucket would give. Each
-    segment's moments are whole buffers and nothing else is written (the caller advances ``step``),
-    so Inductor can write every result from the kernel that computes it.
+    in place in its own shape, and the small ones joined into one flat piece, so the bytes that matter
+    (an embedding) pass through one fused kernel without a flat fp32 copy of parameters and gradients.
+    Every element's arithmetic and rounding noise are what one flat pass over the bucket would give.
+    Each segment's moments are whole buffers shaped like what they update, and nothing else is written
+    (the caller advances ``step``), so Inductor can write every result from the kernel that computes
+    it, reading and writing each element at one index.
     """
     bias_correction1 = 1 - beta1 ** step.double().clamp(min=1)
     bias_correction2_sqrt = _bias_correction2_sqrt(step, beta2)
     step_size = -lr / bias_correction1
     if ok is not None:
         step_size = torch.where(ok, step_size, 0.0)
+    # Rounding noise: one 32-bit hash per element for both moments (its high half for exp_avg, its
+    # low half for exp_avg_sq), one more for the parameters. The hash's integer maths (64-bit lanes)
+    # is most of this pass's work on a GPU, so the moments share theirs.
     t_int = step.to(torch.int64)
-    keys = [_mix32((noise_base ^ (t_int * 4 + stream)) & _U32) for stream in range(3)]  # m, v, params
+    moments_key, params_key = (_mix32((noise_base ^ (t_int * 4 + stream)) & _U32) for stream in (0, 2))
 
     for segment, (first, stop, offset) in enumerate(_segments(numels)):
         sizes, total, ps = numels[first:stop], sum(numels[first:stop]), params[first:stop]
         m_buffer, v_buffer = exp_avg[segment], exp_avg_sq[segment]
         g32, m32, v32 = _segment_inputs(grads, m_buffer, v_buffer, ok, first, stop)
-        p32 = (ps[0].reshape(-1) if len(ps) == 1 else torch.cat([p.reshape(-1) for p in ps])).float()
+        p32 = (ps[0] if len(ps) == 1 else torch.cat([p.reshape(-1) for p in ps])).float()
         p32 = p32 * decay
         m32, v32, update = _adam(g32, m32, v32, m_weight, v_keep, bias_correction2_sqrt, beta2=beta2, eps=eps)
         if fractions is not None:
             # Per tensor: zero the components that disagree with g, rescale by the kept fraction.
             mask = (update * g32 > 0).float()
-            scaled, start, index = [], 0, first
-            for count, size in _runs(sizes):
-                block = mask[start : start + count * size].view(count, size)
-                scaled.append((block / fractions[index : index + count, None]).reshape(-1))
-                start, index = start + count * size, index + count
-            update = update * (torch.cat(scaled) if len(scaled) > 1 else scaled[0])
+            if len(ps) == 1:
+                update = update * (mask / fractions[first])
+            else:
+                scaled, start, index = [], 0, first
+                for count, size in _runs(sizes):
+                    block = mask[start : start + count * size].view(count, size)
+                    scaled.append((block / fractions[index : index + count, None]).reshape(-1))
+                    start, index = start + count * size, index + count
+                update = update * (torch.cat(scaled) if len(scaled) > 1 else scaled[0])
         p32 = p32 + update * step_size
 
         # --- write back; what lives in bf16 with stochastic rounding ---
-        for buffer, value, key in ((m_buffer, m32, keys[0]), (v_buffer, v32, keys[1])):
-            if buffer.dtype == torch.bfloat16:
-                value = _round_with_noise(value, _hash_noise16(total, key, offset))
-            buffer.copy_(value)
+        if m_buffer.dtype == torch.bfloat16:
+            bits = _hash32(total, moments_key, offset).view(m32.shape)
+            m32, v32 = _round_with_noise(m32, bits >> 16), _round_with_noise(v32, bits & 0xFFFF)
+        m_buffer.copy_(m32)
+        v_buffer.copy_(v32)
         if ps[0].dtype == torch.bfloat16:
-            p32 = _round_with_noise(p32, _hash_noise16(total, keys[2], offset))
+            p32 = _round_with_noise(p32, _hash_noise16(total, params_key, offset).view(p32.shape))
         if len(ps) == 1:
-            ps[0].copy_(p32.view_as(ps[0]))
+            ps[0].copy_(p32)
         else:
             torch._foreach_copy_(ps, [x.view_as(p) for x, p in zip(p32.split(sizes), ps, strict=True)])
 
@@ -369,11 +383,13 @@ class C3O(torch.optim.Optimizer):
             ps.sort(key=lambda p: -p.numel())  # stable: equal sizes lie together (see _runs)
             numels = [p.numel() for p in ps]
             segments = _segments(numels)
+            # One buffer per segment, per moment: a tensor alone keeps its shape, joined ones are flat.
+            shapes = [ps[first].shape if stop - first == 1 else (sum(numels[first:stop]),)
+                      for first, stop, _ in segments]  # fmt: skip
             flat = {
-                k: [torch.zeros(sum(numels[first:stop]), dtype=self.state_dtype, device=device)
-                    for first, stop, _ in segments]
+                k: [torch.zeros(shape, dtype=self.state_dtype, device=device) for shape in shapes]
                 for k in _MOMENT_KEYS
-            }  # fmt: skip
+            }
             old_step = self.state[ps[0]].get("step")
             step = (
                 torch.zeros((), dtype=torch.float32, device=device)
@@ -384,7 +400,7 @@ class C3O(torch.optim.Optimizer):
                 for p, offset in zip(ps[first:stop], _offsets(numels[first:stop]), strict=True):
                     state = self.state[p]
                     for k in _MOMENT_KEYS:
-                        view = flat[k][segment][offset : offset + p.numel()].view_as(p)
+                        view = flat[k][segment].view(-1)[offset : offset + p.numel()].view_as(p)
                         if k in state:
                             view.copy_(state[k])
                         state[k] = view

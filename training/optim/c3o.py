@@ -204,7 +204,10 @@ def _bucket_fractions(
         sizes = numels[first:stop]
         g32, m32, v32 = _segment_inputs(grads, exp_avg[segment], exp_avg_sq[segment], ok, first, stop)
         _, _, update = _adam(g32, m32, v32, m_weight, v_keep, bias_correction2_sqrt, beta2=beta2, eps=eps)
-        mask = (update * g32 > 0).float().reshape(-1)
+        mask = (update * g32 > 0).float()
+        if len(sizes) == 1:  # a lone tensor in its own shape: one full reduction, no flat view
+            fractions.append((mask.sum() / sizes[0]).clamp(min=1e-3).reshape(1))
+            continue
         start = 0
         for count, size in _runs(sizes):
             kept = mask[start : start + count * size].view(count, size).sum(1)

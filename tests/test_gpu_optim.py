@@ -190,3 +190,16 @@ def test_compiled_optimizers_match_eager() -> None:
             pair.step()
     for w, a, b in zip(start, eager_model.parameters(), compiled_model.parameters(), strict=True):
         assert rel_err(b.float() - w, a.float() - w) < 0.1
+
+
+def test_hash_is_the_same_on_the_gpu_eager_and_compiled() -> None:
+    # C3O's rounding noise relies on int32 products wrapping mod 2^32: on the GPU, eager and through
+    # Inductor's Triton code, the hash must give the CPU's bits (and so the same noise everywhere).
+    from training.optim.c3o import _hash32
+
+    key, start = torch.tensor(0xDEADBEEF), (1 << 31) - 70_000
+    cpu = _hash32(100_000, key, 12_345)
+    assert torch.equal(_hash32(100_000, key.to(DEVICE), 12_345).cpu(), cpu)
+    compiled = torch.compile(_hash32, fullgraph=True, dynamic=False)
+    assert torch.equal(compiled(100_000, key.to(DEVICE), 12_345).cpu(), cpu)
+    assert torch.equal(compiled(100_000, key.to(DEVICE), start).cpu(), _hash32(100_000, key, start))

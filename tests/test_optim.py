@@ -27,7 +27,7 @@ from training.optim import (
     zeropower_via_newtonschulz,
 )
 from training.optim import c3o as c3o_module
-from training.optim.c3o import _hash32, _hash_noise16, _round_with_noise, _runs, cautious_mask_
+from training.optim.c3o import _hash32, _hash_noise16, _mix32, _round_with_noise, _runs, cautious_mask_
 from training.optim.newton_schulz import DEFAULT_NS_COEFFICIENTS, coefficient_schedule
 
 # ---------------------------------------------------------------------------- helpers
@@ -594,10 +594,27 @@ def test_hashed_noise_rounding_is_unbiased_and_keyed() -> None:
     assert not torch.equal(noise, _hash_noise16(x.numel(), torch.tensor(12346)))
 
 
+@pytest.mark.parametrize("key", [777, 0x9E3779B9, 0xFFFFFFFF])
+def test_hash_in_int32_lanes_equals_the_64_bit_hash(key: int) -> None:
+    # Same bits as lowbias32 in int64 lanes, for keys and indices past 2^31 too.
+    key_t = torch.tensor(key)
+    for start in (0, (1 << 31) - 5000):
+        ref = _mix32(torch.arange(start, start + 10_000, dtype=torch.int64) ^ key_t)
+        assert torch.equal(_hash32(10_000, key_t, start).to(torch.int64) & 0xFFFFFFFF, ref)
+    assert _mix32(key) == int(_mix32(torch.tensor(key)))  # the Python-int path agrees with the tensor path
+
+
+def test_hash_compiled_equals_eager() -> None:
+    # Inductor's C++ code must wrap int32 products as eager does (Triton's: tests/test_gpu_optim.py).
+    key = torch.tensor(0xDEADBEEF)
+    compiled = torch.compile(_hash32, fullgraph=True, dynamic=False)
+    assert torch.equal(compiled(50_000, key, 12_345), _hash32(50_000, key, 12_345))
+
+
 def test_hash_halves_are_uniform_and_unrelated() -> None:
     # The two moments round with the two halves of one hash: each half uniform, the halves uncorrelated.
     bits = _hash32(200_000, torch.tensor(777), start=5)
-    high, low = (bits >> 16).float(), (bits & 0xFFFF).float()
+    high, low = ((bits >> 16) & 0xFFFF).float(), (bits & 0xFFFF).float()
     for half in (high, low):
         counts = torch.bincount(half.long() >> 12, minlength=16).float()
         assert (counts / counts.mean() - 1).abs().max() < 0.05

@@ -11,9 +11,10 @@ then timed: ``--repeats`` runs of ``--steps`` consecutive ``step()`` calls, each
 CUDA events; the table shows the median over all calls and the spread of the per-run medians.
 
 Two clocks on the GPU, both printed:
-  gpu      each run starts behind a sleep kernel long enough for the host to queue every step first,
-           so the events time the GPU's work alone. This is the step's cost in training, where the
-           host queues the optimizer while the GPU is still running the backward.
+  gpu      each run starts behind a sleep kernel long enough for the host to queue every step first
+           (per step, twice the host's measured launch time, at least ~25 ms; the JSON's
+           queue_ahead_ms_per_step), so the events time the GPU's work alone. This is the step's
+           cost in training, where the host queues the optimizer while the GPU still runs the backward.
   launch   no sleep: the events also take in the host's launch time whenever the host is slower than
            the GPU (many small kernels), which is what a loop with nothing else queued would see.
 
@@ -127,15 +128,29 @@ def variants(device: torch.device) -> dict[str, Callable[[SigmaLM], Callable[[],
     return table
 
 
-# GPU clock cycles to sleep per queued step: ~25 ms at 2 GHz, more than the host needs to launch one
-# optimizer step (torch.optim.Muon's per-matrix loop is the slowest, ~10-20 ms of host time).
+# GPU clock cycles to sleep per queued step, at least: ~25 ms at 2 GHz. A variant whose host needs
+# longer to launch a step (torch.optim.Muon's per-matrix loop, ~35 ms on an H100 machine) gets twice
+# its measured launch time (queue_ahead_cycles), so the GPU still finds every step queued.
 QUEUE_AHEAD_CYCLES_PER_STEP = 50_000_000
+SLEEP_CYCLES_PER_S = 2.0e9  # the sleep counts SM cycles; an H100 runs at most 1.98 GHz
 
 
-def time_steps(step: Callable[[], None], device: torch.device, steps: int, queue_ahead: bool = False) -> list[float]:
+def queue_ahead_cycles(step: Callable[[], None], steps: int = 3) -> int:
+    """Sleep cycles per step that cover the host's launch time of ``step`` twice over (GPU only)."""
+    torch.cuda._sleep(QUEUE_AHEAD_CYCLES_PER_STEP * steps)  # the GPU is busy: launches never wait on it
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    host_s = (time.perf_counter() - start) / steps
+    torch.cuda.synchronize()
+    return max(QUEUE_AHEAD_CYCLES_PER_STEP, int(2 * host_s * SLEEP_CYCLES_PER_S))
+
+
+def time_steps(step: Callable[[], None], device: torch.device, steps: int, queue_ahead: int = 0) -> list[float]:
     """Milliseconds of each of ``steps`` consecutive calls (CUDA events on the GPU, wall clock on CPU).
 
-    ``queue_ahead``: start behind a sleep kernel, so the GPU finds every step queued (its time alone).
+    ``queue_ahead``: sleep cycles per step to start behind (:func:`queue_ahead_cycles`), so the GPU
+    finds every step queued and the events time its work alone; 0: no sleep.
     """
     if device.type != "cuda":
         out = []
@@ -148,7 +163,7 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int, queue
         (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)
     ]
     if queue_ahead:
-        torch.cuda._sleep(QUEUE_AHEAD_CYCLES_PER_STEP * steps)
+        torch.cuda._sleep(queue_ahead * steps)
     for start, end in events:
         start.record()
         step()
@@ -207,7 +222,10 @@ def bench(
         row = {"preset": preset, "variant": name, "steps": steps, "repeats": repeats}
         clocks = ("gpu", "launch") if device.type == "cuda" else ("launch",)
         for clock in clocks:
-            runs = [time_steps(step, device, steps, queue_ahead=clock == "gpu") for _ in range(repeats)]
+            sleep = queue_ahead_cycles(step) if clock == "gpu" else 0
+            if sleep:
+                row["queue_ahead_ms_per_step"] = sleep / SLEEP_CYCLES_PER_S * 1e3
+            runs = [time_steps(step, device, steps, queue_ahead=sleep) for _ in range(repeats)]
             medians = [statistics.median(r) for r in runs]
             row[f"{clock}_median_ms"] = statistics.median([t for r in runs for t in r])
             row[f"{clock}_run_medians_ms"] = medians

@@ -25,14 +25,15 @@ With ``cautious=False`` and fp32 state the update is ``torch.optim.AdamW``'s, in
 to 1e-6; the bias corrections come from a device-side step count, in fp64, instead of Python floats).
 
 Layout and speed: the parameters of a param group that share (dtype, device, step count) form a
-*bucket*, its tensors ordered largest first (so the many same-size norm gains lie together). Its
-moments live in two flat persistent buffers; ``state[p]["exp_avg"]`` etc. are views of
-them, so ``state_dict`` keeps the per-parameter format (and older checkpoints load), while a step
+*bucket*, its tensors ordered largest first (so the many same-size norm gains lie together). A step
 runs its maths on whole buckets, a segment at a time (:func:`_segments`): a large tensor (an
-embedding) alone and in place, the small ones (norm gains) joined into one flat fp32 piece. The update
-is two functions of tensors, the cautious mask's per-tensor counts (:func:`_bucket_fractions`) and the
-update itself (:func:`_bucket_step`), which ``compile=True`` hands to ``torch.compile`` to fuse. Eager
-they are about 35 passes, launches on a few big tensors rather than a loop over ~50 parameters.
+embedding) alone, in its own shape and in place, the small ones (norm gains) joined into one flat
+fp32 piece. Each segment's moments live in persistent buffers of their own; ``state[p]["exp_avg"]``
+etc. are views of them, so ``state_dict`` keeps the per-parameter format (and older checkpoints
+load). The update is two functions of tensors, the cautious mask's per-tensor counts
+(:func:`_bucket_fractions`) and the update itself (:func:`_bucket_step`), which ``compile=True``
+hands to ``torch.compile`` to fuse; eager, each op is one launch over a whole segment rather than a
+loop over ~50 parameters.
 
 Stochastic rounding randomness: a counter-based hash of (``seed``, bucket, step count, element
 index), computed with integer tensor ops (:func:`_hash32`), so it needs no ``torch.Generator``,

@@ -74,7 +74,7 @@ def stochastic_round_to_bf16(x: Tensor, generator: torch.Generator | None = None
     the discarded fraction of an ulp. Because floats are sign-magnitude, this rounds the *magnitude*
     up or down, which is unbiased for negative values too. Non-finite values pass through unchanged
     (adding noise to a NaN/inf pattern could carry into the sign bit). Costs one int32 random tensor.
-    C3O itself draws its noise from :func:`_hash_noise16` instead of a generator.
+    C3O itself draws its noise from :func:`_hash32` instead of a generator.
     """
     if x.dtype != torch.float32:
         raise TypeError(f"stochastic_round_to_bf16 expects float32, got {x.dtype}")
@@ -217,10 +217,10 @@ def _bucket_fractions(
 
     ``mean(u * g > 0)`` per tensor, clamped to 1e-3 (:func:`cautious_mask_`), read from the gradients
     and moments before :func:`_bucket_step` changes them. A pass of its own: the counts are reductions
-    the update needs before it can write anything, and in one graph Inductor keeps the update's fp32
-    intermediates in memory between the two; apart, the reduction reads three bf16 tensors and the
-    update fuses into one kernel per segment. Each run of equal-size tensors is one ``(count, size)``
-    block, so the counts are one row sum per run.
+    the update needs before it can write anything, and in one graph Inductor kept the update's fp32
+    intermediates in memory between the two; apart, the update fuses into one kernel per segment (on
+    an H100 this pass is still two kernels for the embedding, PERFORMANCE.md). Each run of equal-size
+    tensors is one ``(count, size)`` block, so the counts are one row sum per run.
     """
     bias_correction2_sqrt = _bias_correction2_sqrt(step, beta2)
     fractions = []

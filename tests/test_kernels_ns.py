@@ -94,6 +94,31 @@ def test_gram_kernel_computes_the_full_symmetric_product() -> None:
     torch.testing.assert_close(poly, 0.5 * A @ A - 3.0 * A, rtol=1e-5, atol=1e-3)
 
 
+def test_first_step_takes_the_norm_from_the_gram_trace() -> None:
+    """TRACE: each diagonal tile stores its part of tr(X X^T); FROM_TRACE: the next launch turns the
+    parts into s = 1 / ||X||_F, scales ``c A A + b A`` by s^4 and s^2, and stores s for the X update."""
+    X = torch.randn(2, 40, 24, generator=torch.Generator().manual_seed(3))
+    X[1] *= 7.0
+    scale = torch.full((2 * (1 + 3),), float("nan"))  # 2 scales, then 2 x 3 trace parts
+    gram = torch.full((2, 40, 40), float("nan"))
+    norm_args = dict(TILES_P2=4, EPS=1e-7, UPCAST=True, BLOCK=16, BLOCK_K=16, SCALED=False)
+    ns._gram_kernel[(3, 3, 2)](
+        X, X, gram, scale, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0,
+        M=40, K=24, HAS_C=False, TRACE=True, **norm_args,
+    )  # fmt: skip
+    torch.testing.assert_close(gram, X @ X.mT, rtol=1e-4, atol=1e-3)  # unscaled (one matrix 49x larger)
+    torch.testing.assert_close(scale[2:].view(2, 3).sum(1), X.square().sum((1, 2)), rtol=1e-5, atol=1e-4)
+    poly = torch.full_like(gram, float("nan"))
+    ns._gram_kernel[(3, 3, 2)](
+        gram, gram, poly, scale, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), 0.5, -3.0,
+        M=40, K=40, HAS_C=True, FROM_TRACE=True, **norm_args,
+    )  # fmt: skip
+    s = 1 / X.norm(dim=(1, 2))
+    torch.testing.assert_close(scale[:2], s, rtol=1e-5, atol=0)
+    A = s[:, None, None] ** 2 * (X @ X.mT)
+    torch.testing.assert_close(poly, 0.5 * A @ A - 3.0 * A, rtol=1e-4, atol=1e-4)
+
+
 def test_non_finite_propagates_and_zero_stays_zero() -> None:
     G = torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(2))
     G[1, 3, 5] = float("nan")
@@ -172,9 +197,11 @@ gemm = dict.fromkeys(("S", "X", "Out"), "*bf16") | {"Scale": "*fp32"}
 gemm |= dict.fromkeys(("stride_sb", "stride_xb", "stride_ob"), "i32") | {"a": "fp32"}
 for m, n in [(768, 768), (768, 2048), (512, 1024), (1024, 1024), (1024, 2816)]:  # the 124m/350m groups, m <= n
     block = ns._block(m)
-    for has_c, k, scaled in ((False, n, True), (False, n, False), (True, m, False)):  # as _ns_iterate does
-        c = dict(M=m, K=k, HAS_C=has_c, SCALED=scaled, UPCAST=False, BLOCK=block, BLOCK_K=64)
-        out[f"gram {m}x{k} {has_c} {scaled}"] = build(ns._gram_kernel, gram, c)
+    tiles_p2 = triton.next_power_of_2(triton.cdiv(m, block))
+    for has_c, k, first in ((False, n, True), (False, n, False), (True, m, True), (True, m, False)):  # as _ns_iterate
+        c = dict(M=m, K=k, HAS_C=has_c, SCALED=False, UPCAST=False, BLOCK=block, BLOCK_K=64,
+                 TRACE=first and not has_c, FROM_TRACE=first and has_c, TILES_P2=tiles_p2, EPS=1e-7)
+        out[f"gram {m}x{k} {has_c} {first}"] = build(ns._gram_kernel, gram, c)
     for scaled in (True, False):
         c = dict(M=m, N=n, SCALED=scaled, UPCAST=False, BLOCK_M=block, BLOCK_N=ns._block(n), BLOCK_K=64)
         out[f"gemm {m}x{n} {scaled}"] = build(ns._gemm_axpy_kernel, gemm, c)
@@ -195,8 +222,9 @@ def test_kernels_compile_for_the_h100() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     built = json.loads(result.stdout.splitlines()[-1])
-    # 10 GEMMs (first step scaled or not), 13 distinct Gram configurations (the A^2 ones repeat per m)
-    assert len(built) == 23
+    # 10 GEMMs (first step scaled or not), 16 distinct Gram configurations (first step or not; the A^2
+    # ones repeat per m)
+    assert len(built) == 26
     for name, kernel in built.items():
         assert ".target sm_90" in kernel["ptx"] and "wgmma.mma_async" in kernel["ptx"], name
         assert "cp.async" in kernel["ptx"], name

@@ -11,10 +11,12 @@ tall, divide by the Frobenius norm, then per step, with the step's ``(a, b, c)``
 Inputs and every intermediate are bf16 with fp32 accumulation, rounded where the reference rounds
 (A, b A + c A^2 and the new X each once), so the two agree to bf16 accumulation-order noise.
 
-The division by the norm is not a pass of its own: the first step's kernels take the unnormalised
-``X`` and a per-matrix scale ``s = 1 / max(||X||_F, eps)`` (fp32), and apply it in their epilogues,
-``A = s^2 X X^T`` and ``X_1 = s (a X + AA X)``, which is the same maths with one rounding fewer
-(the reference rounds ``X / ||X||`` to bf16 first). A non-finite norm makes ``s`` NaN.
+The division by the norm is not a pass of its own, and neither is the norm: ``||X||_F^2`` is the
+trace of the first step's ``X X^T``. That launch stores ``X X^T`` unscaled and each diagonal tile's
+part of the trace (fp32, before rounding); the next turns the parts into ``s = 1 / max(||X||_F,
+eps)`` and computes ``c s^4 A A + b s^2 A``, and the first new X is ``s (a X + AA X)``: the same
+maths, with the norm in fp32 where the reference rounds it and ``X / ||X||`` to bf16. A non-finite
+norm makes ``s`` NaN.
 
 What it saves over the reference: X X^T and A^2 are symmetric, so ``_gram_kernel`` runs only the
 programs of the upper-triangular tiles (j >= i) and writes each off-diagonal tile twice (itself and
@@ -56,7 +58,7 @@ def _gram_kernel(
     X,  # (B, M, K) input
     C,  # (B, M, M) symmetric addend (read only when HAS_C)
     Out,  # (B, M, M) = alpha * X X^T + beta * C, times Scale[b]^2 when SCALED
-    Scale,  # (B,) fp32 per-matrix scale of X (read only when SCALED)
+    Scale,  # (B,) fp32 per-matrix scale of X (SCALED); (B + B*T,) with TRACE / FROM_TRACE, see below
     stride_xb,
     stride_xm,
     stride_cb,
@@ -70,8 +72,20 @@ def _gram_kernel(
     UPCAST: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    TRACE: tl.constexpr = False,
+    FROM_TRACE: tl.constexpr = False,
+    TILES_P2: tl.constexpr = 1,
+    EPS: tl.constexpr = 1e-7,
 ):
-    """One (BLOCK, BLOCK) tile (i, j), j >= i, of a symmetric product; the lower tile is its mirror."""
+    """One (BLOCK, BLOCK) tile (i, j), j >= i, of a symmetric product; the lower tile is its mirror.
+
+    The first step's Frobenius norms come from its Gram matrix, ||X||^2 = tr(X X^T), with ``Scale``
+    of ``B + B * T`` entries (T tiles per side): ``TRACE`` makes each diagonal tile store its part
+    of the trace (fp32, before rounding) at ``Scale[B + b * T + i]``; ``FROM_TRACE`` (the next
+    launch, ``b A + c A A`` on the unscaled A) sums them into ``s = 1 / max(||X||, EPS)`` (NaN for a
+    non-finite norm), computes ``c s^4 A A + b s^2 A``, and tile (0, 0) stores ``s`` at ``Scale[b]``
+    for the step's ``_gemm_axpy_kernel``. No atomics: every part has one writer.
+    """
     pid_i = tl.program_id(0)
     pid_j = tl.program_id(1)
     if pid_j < pid_i:  # lower-triangular tile: written by its mirror (j, i)
@@ -97,7 +111,23 @@ def _gram_kernel(
         if UPCAST:
             xi, xj = xi.to(tl.float32), xj.to(tl.float32)
         acc = tl.dot(xi, tl.trans(xj), acc)
-    if SCALED:
+    if TRACE and pid_i == pid_j:
+        diagonal = tl.sum(tl.sum(tl.where(rows_i[:, None] == rows_j[None, :], acc, 0.0), axis=1), axis=0)
+        tl.store(Scale + tl.num_programs(2) + bid * tl.num_programs(0) + pid_i, diagonal)
+    if FROM_TRACE:
+        tiles = tl.arange(0, TILES_P2)
+        parts = tl.load(
+            Scale + tl.num_programs(2) + bid * tl.num_programs(0) + tiles,
+            mask=tiles < tl.num_programs(0),
+            other=0.0,
+        )
+        norm = tl.sqrt(tl.sum(parts, axis=0))
+        s = tl.where(norm < float("inf"), 1.0 / tl.maximum(norm, EPS), float("nan"))
+        acc = acc * (alpha * s * s * s * s)
+        beta = beta * s * s
+        if pid_i == 0 and pid_j == 0:
+            tl.store(Scale + bid, s)
+    elif SCALED:
         s = tl.load(Scale + bid)
         acc = acc * (alpha * s * s)
     else:
@@ -215,10 +245,12 @@ def launch_config(kernel: str, m: int, n: int) -> dict[str, int]:
 
 
 @triton_op("eco_train::newton_schulz_iterate", mutates_args=())
-def _ns_iterate(X: Tensor, scale: Tensor, coefficients: list[float]) -> Tensor:
+def _ns_iterate(X: Tensor, eps: float, coefficients: list[float]) -> Tensor:
     """Run the quintic steps on a contiguous ``(B, m, n)`` bf16 batch with ``m <= n``.
 
-    ``scale``: ``(B,)`` fp32, each matrix's ``1 / ||X||_F``, applied by the first step's kernels.
+    The first step normalises: its X X^T is stored unscaled with each matrix's trace (its squared
+    Frobenius norm), the next launch turns that into the scale ``1 / max(||X||, eps)`` and applies
+    it, and the first new X takes it in its epilogue (see ``_gram_kernel``).
     ``coefficients`` is the flattened per-step schedule ``[a0, b0, c0, a1, b1, c1, ...]``.
     """
     batch, m, n = X.shape
@@ -226,20 +258,23 @@ def _ns_iterate(X: Tensor, scale: Tensor, coefficients: list[float]) -> Tensor:
     poly = torch.empty_like(gram)
     gram_cfg, gemm_cfg = launch_config("gram", m, n), launch_config("gemm", m, n)
     tiles = triton.cdiv(m, gram_cfg["BLOCK"])
+    scale = torch.empty(batch * (1 + tiles), dtype=torch.float32, device=X.device)  # scales, then traces
     gram_grid = (tiles, tiles, batch)
     gemm_grid = (triton.cdiv(m, gemm_cfg["BLOCK_M"]), triton.cdiv(n, gemm_cfg["BLOCK_N"]), batch)
+    norm_args = {"TILES_P2": triton.next_power_of_2(tiles), "EPS": float(eps)}
     for i in range(0, len(coefficients), 3):
         a, b, c = coefficients[i], coefficients[i + 1], coefficients[i + 2]
-        first = i == 0  # X is not normalised yet: the scale rides in A's and the new X's epilogues
+        first = i == 0  # X is not normalised yet: see the docstring
         # A = X X^T
         _launcher(_gram_kernel)[gram_grid](
             X, X, gram, scale, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0, M=m, K=n,
-            HAS_C=False, SCALED=first, UPCAST=_INTERPRETED, **gram_cfg,
+            HAS_C=False, SCALED=False, UPCAST=_INTERPRETED, TRACE=first, **norm_args, **gram_cfg,
         )  # fmt: skip
         # b A + c A A  (A symmetric, so A A = A A^T: the same kernel with A as input)
         _launcher(_gram_kernel)[gram_grid](
             gram, gram, poly, scale, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), c, b,
-            M=m, K=m, HAS_C=True, SCALED=False, UPCAST=_INTERPRETED, **gram_cfg,
+            M=m, K=m, HAS_C=True, SCALED=False, UPCAST=_INTERPRETED, FROM_TRACE=first, **norm_args,
+            **gram_cfg,
         )  # fmt: skip
         # a X + (b A + c A A) X
         out = torch.empty_like(X)
@@ -249,17 +284,6 @@ def _ns_iterate(X: Tensor, scale: Tensor, coefficients: list[float]) -> Tensor:
         )  # fmt: skip
         X = out
     return X
-
-
-def inverse_norms(X: Tensor, eps: float) -> Tensor:
-    """``1 / max(||X_b||_F, eps)`` per matrix of a ``(B, m, n)`` batch in fp32, NaN for a non-finite norm.
-
-    The norm is the reference's (fp32 accumulation, rounded to bf16): asking ``vector_norm`` for an
-    fp32 result would first copy the batch to fp32. NaN rather than ``1 / inf = 0`` keeps the
-    promise that a non-finite entry makes its whole output matrix NaN.
-    """
-    norm = torch.linalg.vector_norm(X, dim=(-2, -1)).float()
-    return torch.where(norm.isfinite(), 1.0 / norm.clamp(min=eps), torch.nan)
 
 
 def triton_impl(
@@ -278,7 +302,7 @@ def triton_impl(
         X = X.mT
     batch_shape = X.shape
     X = X.reshape(-1, batch_shape[-2], batch_shape[-1]).contiguous()  # a copy only for tall input
-    X = _ns_iterate(X, inverse_norms(X, eps), [float(v) for triple in schedule for v in triple])
+    X = _ns_iterate(X, float(eps), [float(v) for triple in schedule for v in triple])
     X = X.reshape(batch_shape)
     if transposed:
         X = X.mT

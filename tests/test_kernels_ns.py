@@ -146,6 +146,50 @@ def test_muon_with_triton_kernel_matches_reference_kernel() -> None:
         assert rel_err(ours, ref) < 0.06
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_muon_applies_in_the_kernel_as_the_separate_pass_does(dtype: torch.dtype) -> None:
+    """compile=True with the Triton kernel: its last step writes the parameters (tall ones transposed)
+    instead of an output Muon's compiled update pass reads back; the parameters land where that pass
+    puts them."""
+    shapes = [(32, 16), (32, 16), (16, 32), (24, 24)]
+    gen = torch.Generator().manual_seed(4)
+    start = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    grads = [[torch.randn(s, generator=gen).to(dtype) for s in shapes] for _ in range(2)]
+
+    def separate(G: torch.Tensor, **kw: object) -> torch.Tensor:  # the kernel, without the fused update
+        return ns.triton_impl(G, **kw)  # type: ignore[arg-type]
+
+    results = []
+    for kernel in (ns.triton_impl, separate):
+        params = [nn.Parameter(w.clone()) for w in start]
+        opt = Muon(params, lr=0.05, weight_decay=0.1, ns_fn=kernel, compile=True)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach().float() for p in params])
+    # bf16: the interpreter's stores truncate where Inductor's pass rounds to nearest, so up to one
+    # bf16 ulp per step (2^-7 relative) may differ here; tests/test_gpu_optim.py is the tight check.
+    tol = {"rtol": 0, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2 * 2**-7, "atol": 1e-2}
+    for fused, apart in zip(*results, strict=True):
+        torch.testing.assert_close(fused, apart, **tol)
+    assert not torch.equal(results[0][0], start[0].float())  # it did move
+
+
+def test_orthogonalize_and_apply_rejects_what_it_cannot_write() -> None:
+    G = torch.randn(2, 16, 32)
+    good = [torch.zeros(16, 32), torch.zeros(32, 16)]
+    alphas, decay = torch.full((2,), -0.1), torch.tensor(1.0)
+    with pytest.raises(ValueError, match="does not match"):
+        ns.orthogonalize_and_apply(G, good, [False, False], alphas, decay)
+    with pytest.raises(ValueError, match="contiguous"):
+        ns.orthogonalize_and_apply(G, [good[0], torch.zeros(16, 32).mT.contiguous().mT], [False, False], alphas, decay)
+    with pytest.raises(ValueError, match="wide"):
+        ns.orthogonalize_and_apply(G.mT, good, [False, True], alphas, decay)
+    ns.orthogonalize_and_apply(G, good, [False, True], alphas, decay)  # zeros: p = 0 * 1 - 0.1 * O
+    torch.testing.assert_close(good[1].mT, -0.1 * ns.triton_impl(G)[1], rtol=0, atol=1e-6)
+
+
 def test_bench_cases_cover_the_real_shape_groups() -> None:
     assert ns.muon_shape_groups("124m") == {(768, 768): 48, (2048, 768): 24, (768, 2048): 12}
     assert ns.muon_shape_groups("350m") == {
@@ -195,6 +239,9 @@ gram |= dict.fromkeys(("stride_xb", "stride_xm", "stride_cb", "stride_ob"), "i32
 gram |= {"alpha": "fp32", "beta": "fp32"}
 gemm = dict.fromkeys(("S", "X", "Out"), "*bf16") | {"Scale": "*fp32"}
 gemm |= dict.fromkeys(("stride_sb", "stride_xb", "stride_ob"), "i32") | {"a": "fp32"}
+apply = dict.fromkeys(("S", "X"), "*bf16") | {"Params": "*i64", "Tall": "*i32"}
+apply |= dict.fromkeys(("Alphas", "Decay", "Scale"), "*fp32") | dict.fromkeys(("stride_sb", "stride_xb"), "i32")
+apply |= {"a": "fp32"}
 for m, n in [(768, 768), (768, 2048), (512, 1024), (1024, 1024), (1024, 2816)]:  # the 124m/350m groups, m <= n
     block = ns._block(m)
     tiles_p2 = triton.next_power_of_2(triton.cdiv(m, block))
@@ -205,6 +252,8 @@ for m, n in [(768, 768), (768, 2048), (512, 1024), (1024, 1024), (1024, 2816)]: 
     for scaled in (True, False):
         c = dict(M=m, N=n, SCALED=scaled, UPCAST=False, BLOCK_M=block, BLOCK_N=ns._block(n), BLOCK_K=64)
         out[f"gemm {m}x{n} {scaled}"] = build(ns._gemm_axpy_kernel, gemm, c)
+    c = dict(M=m, N=n, SCALED=False, UPCAST=False, PARAM_FP32=False, BLOCK_M=block, BLOCK_N=ns._block(n), BLOCK_K=64)
+    out[f"gemm+apply {m}x{n}"] = build(ns._gemm_axpy_apply_kernel, apply, c)
 print(json.dumps(out))
 """
 
@@ -222,9 +271,9 @@ def test_kernels_compile_for_the_h100() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     built = json.loads(result.stdout.splitlines()[-1])
-    # 10 GEMMs (first step scaled or not), 16 distinct Gram configurations (first step or not; the A^2
-    # ones repeat per m)
-    assert len(built) == 26
+    # 10 GEMMs (first step scaled or not), 5 GEMMs that apply the last step, 16 distinct Gram
+    # configurations (first step or not; the A^2 ones repeat per m)
+    assert len(built) == 31
     for name, kernel in built.items():
         assert ".target sm_90" in kernel["ptx"] and "wgmma.mma_async" in kernel["ptx"], name
         assert "cp.async" in kernel["ptx"], name

@@ -322,6 +322,8 @@ def _run_steps(X: Tensor, eps: float, coefficients: list[float], launch: Callabl
     scale = torch.empty(batch * (1 + tiles), dtype=torch.float32, device=X.device)  # scales, then traces
     gram_grid = (tiles, tiles, batch)
     gemm_grid = (triton.cdiv(m, gemm_cfg["BLOCK_M"]), triton.cdiv(n, gemm_cfg["BLOCK_N"]), batch)
+    # Every constexpr is passed, defaults too: under torch.compile the op's wrapper matches arguments
+    # by count and Inductor's launcher takes them all.
     norm_args = {"TILES_P2": triton.next_power_of_2(tiles), "EPS": float(eps)}
     for i in range(0, len(coefficients), 3):
         a, b, c = coefficients[i], coefficients[i + 1], coefficients[i + 2]
@@ -329,12 +331,12 @@ def _run_steps(X: Tensor, eps: float, coefficients: list[float], launch: Callabl
         # A = X X^T
         launch(_gram_kernel)[gram_grid](
             X, X, gram, scale, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0, M=m, K=n,
-            HAS_C=False, SCALED=False, UPCAST=_INTERPRETED, TRACE=first, **norm_args, **gram_cfg,
+            HAS_C=False, SCALED=False, UPCAST=_INTERPRETED, TRACE=first, FROM_TRACE=False, **norm_args, **gram_cfg,
         )  # fmt: skip
         # b A + c A A  (A symmetric, so A A = A A^T: the same kernel with A as input)
         launch(_gram_kernel)[gram_grid](
             gram, gram, poly, scale, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), c, b,
-            M=m, K=m, HAS_C=True, SCALED=False, UPCAST=_INTERPRETED, FROM_TRACE=first, **norm_args,
+            M=m, K=m, HAS_C=True, SCALED=False, UPCAST=_INTERPRETED, TRACE=False, FROM_TRACE=first, **norm_args,
             **gram_cfg,
         )  # fmt: skip
         if last_step is not None and i + 3 == len(coefficients):

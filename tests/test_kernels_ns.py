@@ -146,22 +146,29 @@ def test_muon_with_triton_kernel_matches_reference_kernel() -> None:
         assert rel_err(ours, ref) < 0.06
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_muon_applies_in_the_kernel_as_the_separate_pass_does(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("dtype", "aligned"), [(torch.float32, True), (torch.bfloat16, True), (torch.float32, False)])
+def test_compiled_muon_applies_in_the_kernel_as_the_separate_pass_does(dtype: torch.dtype, aligned: bool) -> None:
     """compile=True with the Triton kernel: its last step writes the parameters (tall ones transposed)
     instead of an output Muon's compiled update pass reads back; the parameters land where that pass
-    puts them."""
+    puts them. Parameters that are not 16-byte aligned (views into a buffer) take the separate pass."""
     shapes = [(32, 16), (32, 16), (16, 32), (24, 24)]
     gen = torch.Generator().manual_seed(4)
     start = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
     grads = [[torch.randn(s, generator=gen).to(dtype) for s in shapes] for _ in range(2)]
+
+    def parameter(w: torch.Tensor) -> nn.Parameter:
+        if aligned:
+            return nn.Parameter(w.clone())
+        buffer = torch.empty(w.numel() + 1, dtype=w.dtype)
+        buffer[1:] = w.view(-1)
+        return nn.Parameter(buffer[1:].view(w.shape))  # 4 bytes past an aligned address
 
     def separate(G: torch.Tensor, **kw: object) -> torch.Tensor:  # the kernel, without the fused update
         return ns.triton_impl(G, **kw)  # type: ignore[arg-type]
 
     results = []
     for kernel in (ns.triton_impl, separate):
-        params = [nn.Parameter(w.clone()) for w in start]
+        params = [parameter(w) for w in start]
         opt = Muon(params, lr=0.05, weight_decay=0.1, ns_fn=kernel, compile=True)
         for step_grads in grads:
             for p, g in zip(params, step_grads, strict=True):
@@ -186,6 +193,8 @@ def test_orthogonalize_and_apply_rejects_what_it_cannot_write() -> None:
         ns.orthogonalize_and_apply(G, [good[0], torch.zeros(16, 32).mT.contiguous().mT], [False, False], alphas, decay)
     with pytest.raises(ValueError, match="wide"):
         ns.orthogonalize_and_apply(G.mT, good, [False, True], alphas, decay)
+    with pytest.raises(ValueError, match="aligned"):
+        ns.orthogonalize_and_apply(G, [good[0], torch.zeros(16 * 32 + 1)[1:].view(32, 16)], [False, True], alphas, decay)
     ns.orthogonalize_and_apply(G, good, [False, True], alphas, decay)  # zeros: p = 0 * 1 - 0.1 * O
     torch.testing.assert_close(good[1].mT, -0.1 * ns.triton_impl(G)[1], rtol=0, atol=1e-6)
 

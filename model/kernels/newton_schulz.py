@@ -236,14 +236,22 @@ def _gemm_axpy_apply_kernel(
     if SCALED:
         acc = acc * tl.load(Scale + bid)
     update = acc.to(tl.bfloat16).to(tl.float32) * tl.load(Alphas + bid)
-    in_tile = (rm[:, None] < M) & (rn[None, :] < N)
+    decay = tl.load(Decay)
+    # The address comes from a table, so say what the host checked (16-byte aligned) and keep each
+    # layout's load and store in its own branch: a pointer merged across the branches loses its
+    # contiguity, and the accesses fall back to one element each.
     p_ptr = tl.load(Params + bid).to(tl.pointer_type(tl.float32 if PARAM_FP32 else tl.bfloat16))
-    if tl.load(Tall + bid) != 0:
-        where = p_ptr + rn[None, :] * M + rm[:, None]
+    p_ptr = tl.multiple_of(p_ptr, 16)
+    if tl.load(Tall + bid) != 0:  # the (N, M) parameter takes the tile transposed
+        where = p_ptr + rn[:, None] * M + rm[None, :]
+        in_tile = (rn[:, None] < N) & (rm[None, :] < M)
+        p = tl.load(where, mask=in_tile, other=0.0).to(tl.float32)
+        tl.store(where, (p * decay + tl.trans(update)).to(p_ptr.dtype.element_ty), mask=in_tile)
     else:
         where = p_ptr + rm[:, None] * N + rn[None, :]
-    p = tl.load(where, mask=in_tile, other=0.0).to(tl.float32)
-    tl.store(where, (p * tl.load(Decay) + update).to(p_ptr.dtype.element_ty), mask=in_tile)
+        in_tile = (rm[:, None] < M) & (rn[None, :] < N)
+        p = tl.load(where, mask=in_tile, other=0.0).to(tl.float32)
+        tl.store(where, (p * decay + update).to(p_ptr.dtype.element_ty), mask=in_tile)
 
 
 # Under TRITON_INTERPRET=1 ``triton.jit`` makes interpreted functions; three of its gaps need handling:
@@ -390,7 +398,7 @@ def orthogonalize_and_apply(
 
     What ``triton_impl`` then Muon's update pass do, without the output the pass would read back.
     ``alphas``: ``(B,)`` fp32 on the device (``-lr * ratio``); ``decay``: 0-dim fp32. Parameters are
-    contiguous bf16 or fp32 (all one dtype). Eager only: it writes the parameters, so it is not a
+    contiguous, 16-byte aligned, bf16 or fp32 (all one dtype). Eager only: it writes the parameters, so it is not a
     functional op ``torch.compile`` could trace.
     """
     if G.ndim != 3 or G.size(-2) > G.size(-1):
@@ -428,6 +436,8 @@ def _param_tables(params: list[Tensor], tall: list[bool]) -> tuple[Tensor, Tenso
     """The ``(B,)`` int64 parameter addresses and int32 tall flags on the parameters' device."""
     key = (tuple(p.data_ptr() for p in params), tuple(tall), params[0].device)
     if key not in _TABLES:
+        if any(ptr % 16 for ptr in key[0]):  # the kernel's vector loads and stores assume it
+            raise ValueError("orthogonalize_and_apply needs 16-byte aligned parameters")
         if len(_TABLES) >= 64:  # parameters reallocated again and again: forget the old addresses
             _TABLES.clear()
         device = params[0].device

@@ -357,7 +357,8 @@ class Muon(torch.optim.Optimizer):
                 tall=tall, nesterov=group["nesterov"],
             )  # fmt: skip
             ratios = tuple(adjust_lr(1.0, group["adjust_lr_fn"], b.params[0].shape) for b in members)
-            if getattr(self.ns_fn, "orthogonalize_and_apply", None) is not None:
+            fused = getattr(self.ns_fn, "orthogonalize_and_apply", None) is not None
+            if fused and all(p.data_ptr() % 16 == 0 for b in members for p in b.params):
                 self.orthogonalize_and_apply(joined, members, tall, ratios, lr, decay, group)
                 continue
             ortho = self.orthogonalize(joined, group)

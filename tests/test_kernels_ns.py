@@ -7,6 +7,7 @@ so bf16 results are checked loosely here; tests/test_gpu_optim.py holds the tigh
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -234,12 +235,15 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from model.kernels import newton_schulz as ns
 
-def build(fn, signature, constexprs):
-    # What the JIT assumes of real launches: 16-byte aligned pointers, strides divisible by 16.
+def build(fn, signature, constexprs, config):
+    # What the JIT assumes of real launches: 16-byte aligned pointers, strides divisible by 16; the
+    # tiles, warps and stages of ns.launch_config, as the launches use them.
     aligned = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(signature.values()) if t != "fp32"}
+    options = {k: config.pop(k) for k in ("num_warps", "num_stages")}
+    constexprs = constexprs | config
     signature = {**signature, **dict.fromkeys(constexprs, "constexpr")}
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned)
-    c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3})
+    c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     return {"ptx": c.asm["ptx"], "shared": c.metadata.shared}
 
 out = {}
@@ -252,17 +256,18 @@ apply = dict.fromkeys(("S", "X"), "*bf16") | {"Params": "*i64", "Tall": "*i32"}
 apply |= dict.fromkeys(("Alphas", "Decay", "Scale"), "*fp32") | dict.fromkeys(("stride_sb", "stride_xb"), "i32")
 apply |= {"a": "fp32"}
 for m, n in [(768, 768), (768, 2048), (512, 1024), (1024, 1024), (1024, 2816)]:  # the 124m/350m groups, m <= n
-    block = ns._block(m)
-    tiles_p2 = triton.next_power_of_2(triton.cdiv(m, block))
+    tiles_p2 = triton.next_power_of_2(triton.cdiv(m, ns._block(m)))
     for has_c, k, first in ((False, n, True), (False, n, False), (True, m, True), (True, m, False)):  # as _ns_iterate
-        c = dict(M=m, K=k, HAS_C=has_c, SCALED=False, UPCAST=False, BLOCK=block, BLOCK_K=64,
+        c = dict(M=m, K=k, HAS_C=has_c, SCALED=False, UPCAST=False,
                  TRACE=first and not has_c, FROM_TRACE=first and has_c, TILES_P2=tiles_p2, EPS=1e-7)
-        out[f"gram {m}x{k} {has_c} {first}"] = build(ns._gram_kernel, gram, c)
+        out[f"gram {m}x{k} {has_c} {first}"] = build(ns._gram_kernel, gram, c, ns.launch_config("gram", m, n))
     for scaled in (True, False):
-        c = dict(M=m, N=n, SCALED=scaled, UPCAST=False, BLOCK_M=block, BLOCK_N=ns._block(n), BLOCK_K=64)
-        out[f"gemm {m}x{n} {scaled}"] = build(ns._gemm_axpy_kernel, gemm, c)
-    c = dict(M=m, N=n, SCALED=False, UPCAST=False, PARAM_FP32=False, BLOCK_M=block, BLOCK_N=ns._block(n), BLOCK_K=64)
-    out[f"gemm+apply {m}x{n}"] = build(ns._gemm_axpy_apply_kernel, apply, c)
+        c = dict(M=m, N=n, SCALED=scaled, UPCAST=False)
+        out[f"gemm {m}x{n} {scaled}"] = build(ns._gemm_axpy_kernel, gemm, c, ns.launch_config("gemm", m, n))
+    for fp32 in (False, True):
+        c = dict(M=m, N=n, SCALED=False, UPCAST=False, PARAM_FP32=fp32)
+        config = ns.launch_config("gemm", m, n)
+        out[f"gemm+apply {m}x{n} {fp32}"] = build(ns._gemm_axpy_apply_kernel, apply, c, config)
 print(json.dumps(out))
 """
 
@@ -270,7 +275,7 @@ print(json.dumps(out))
 def test_kernels_compile_for_the_h100() -> None:
     """Triton builds both kernels for sm_90 at every 124m/350m shape group with the launch configuration
     ``_ns_iterate`` uses (here on the CPU: compiling needs no GPU): on Hopper tensor cores (``wgmma``),
-    with the K loop software-pipelined (``cp.async`` prefetch into 3 shared-memory stages) and within
+    with the K loop software-pipelined (``cp.async`` prefetch into shared-memory stages) and within
     the 227 KiB of shared memory a block may use."""
     repo = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile real kernels
@@ -280,10 +285,12 @@ def test_kernels_compile_for_the_h100() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     built = json.loads(result.stdout.splitlines()[-1])
-    # 10 GEMMs (first step scaled or not), 5 GEMMs that apply the last step, 16 distinct Gram
-    # configurations (first step or not; the A^2 ones repeat per m)
-    assert len(built) == 31
+    # 10 GEMMs (first step scaled or not), 10 GEMMs that apply the last step (bf16 or fp32
+    # parameters), 16 distinct Gram configurations (first step or not; the A^2 ones repeat per m)
+    assert len(built) == 36
     for name, kernel in built.items():
         assert ".target sm_90" in kernel["ptx"] and "wgmma.mma_async" in kernel["ptx"], name
         assert "cp.async" in kernel["ptx"], name
         assert 64 * 1024 <= kernel["shared"] <= 227 * 1024, name
+        if name.startswith("gemm+apply"):  # the parameters are read and written 16 bytes at a time
+            assert "st.global.v4" in kernel["ptx"] and not re.search(r"st\.global\.b(16|32)\b", kernel["ptx"]), name

@@ -242,11 +242,12 @@ def _gemm_axpy_apply_kernel(
     # contiguity, and the accesses fall back to one element each.
     p_ptr = tl.load(Params + bid).to(tl.pointer_type(tl.float32 if PARAM_FP32 else tl.bfloat16))
     p_ptr = tl.multiple_of(p_ptr, 16)
+    # (Names differ between the branches: Triton types a name assigned in both by its shape.)
     if tl.load(Tall + bid) != 0:  # the (N, M) parameter takes the tile transposed
-        where = p_ptr + rn[:, None] * M + rm[None, :]
-        in_tile = (rn[:, None] < N) & (rm[None, :] < M)
-        p = tl.load(where, mask=in_tile, other=0.0).to(tl.float32)
-        tl.store(where, (p * decay + tl.trans(update)).to(p_ptr.dtype.element_ty), mask=in_tile)
+        where_t = p_ptr + rn[:, None] * M + rm[None, :]
+        in_tile_t = (rn[:, None] < N) & (rm[None, :] < M)
+        p_t = tl.load(where_t, mask=in_tile_t, other=0.0).to(tl.float32)
+        tl.store(where_t, (p_t * decay + tl.trans(update)).to(p_ptr.dtype.element_ty), mask=in_tile_t)
     else:
         where = p_ptr + rm[:, None] * N + rn[None, :]
         in_tile = (rm[:, None] < M) & (rn[None, :] < N)

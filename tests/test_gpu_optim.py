@@ -82,7 +82,8 @@ def test_triton_newton_schulz_nan_and_compile() -> None:
 def test_last_step_applies_the_update_as_the_separate_pass_does(dtype: torch.dtype) -> None:
     """Muon with the Triton kernel writes the parameters from the last Newton–Schulz step (tall ones
     transposed); at the 124m MLP and attention shapes they land where the compiled update pass puts
-    them: fp32 to rounding, bf16 to one ulp with almost every element identical."""
+    them: fp32 to rounding, bf16 to one ulp per step (the two round ``p * decay + alpha * O``
+    differently now and then) with almost every element identical."""
     shapes = [(2048, 768), (2048, 768), (768, 2048), (768, 768), (768, 768)]
     gen = torch.Generator(device=DEVICE).manual_seed(5)
     start = [torch.randn(s, device=DEVICE, generator=gen).mul(0.02).to(dtype) for s in shapes]
@@ -92,20 +93,23 @@ def test_last_step_applies_the_update_as_the_separate_pass_does(dtype: torch.dty
         return ns.triton_impl(G, **kw)  # type: ignore[arg-type]
 
     results = []
-    for kernel in (ns.triton_impl, separate):
-        params = [torch.nn.Parameter(w.clone()) for w in start]
-        opt = Muon(params, lr=0.02, weight_decay=0.1, ns_fn=kernel, compile=True)
-        for step_grads in grads:
-            for p, g in zip(params, step_grads, strict=True):
-                p.grad = g.clone()
-            opt.step()
-        results.append([p.detach() for p in params])
+    try:
+        for kernel in (ns.triton_impl, separate):
+            params = [torch.nn.Parameter(w.clone()) for w in start]
+            opt = Muon(params, lr=0.02, weight_decay=0.1, ns_fn=kernel, compile=True)
+            for step_grads in grads:
+                for p, g in zip(params, step_grads, strict=True):
+                    p.grad = g.clone()
+                opt.step()
+            results.append([p.detach() for p in params])
+    finally:  # Muon's compiled passes are cached per code object: leave the other tests their limit
+        torch._dynamo.reset()
     for fused, apart, w in zip(*results, start, strict=True):
         assert not torch.equal(fused, w)
         if dtype == torch.float32:
             torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-7)
         else:
-            torch.testing.assert_close(fused.float(), apart.float(), rtol=2**-7, atol=0)
+            torch.testing.assert_close(fused.float(), apart.float(), rtol=len(grads) * 2**-7, atol=0)
             assert (fused == apart).float().mean().item() > 0.99
 
 

@@ -23,6 +23,7 @@ from model.decoder import SigmaLM  # noqa: E402
 from model.kernels import newton_schulz as ns  # noqa: E402
 from training.optim import (  # noqa: E402
     POLAR_EXPRESS_COEFFICIENTS,
+    Muon,
     OptimizerPair,
     build_optimizers,
     check_instant_inversion,
@@ -75,6 +76,42 @@ def test_triton_newton_schulz_nan_and_compile() -> None:
     eager = ns.triton_impl(G, steps=5, coefficients=POLAR_EXPRESS_COEFFICIENTS)
     exact = ns.reference(G.float(), steps=5, coefficients=POLAR_EXPRESS_COEFFICIENTS, dtype=torch.float32)
     assert rel_err(compiled(G), exact) < 1.5 * rel_err(eager, exact) + 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_last_step_applies_the_update_as_the_separate_pass_does(dtype: torch.dtype) -> None:
+    """Muon with the Triton kernel writes the parameters from the last Newton–Schulz step (tall ones
+    transposed); at the 124m MLP and attention shapes they land where the compiled update pass puts
+    them: fp32 to rounding, bf16 to one ulp per step (the two round ``p * decay + alpha * O``
+    differently now and then) with almost every element identical."""
+    shapes = [(2048, 768), (2048, 768), (768, 2048), (768, 768), (768, 768)]
+    gen = torch.Generator(device=DEVICE).manual_seed(5)
+    start = [torch.randn(s, device=DEVICE, generator=gen).mul(0.02).to(dtype) for s in shapes]
+    grads = [[torch.randn(s, device=DEVICE, generator=gen).to(dtype) for s in shapes] for _ in range(3)]
+
+    def separate(G: torch.Tensor, **kw: object) -> torch.Tensor:  # the kernel without the fused update
+        return ns.triton_impl(G, **kw)  # type: ignore[arg-type]
+
+    results = []
+    try:
+        for kernel in (ns.triton_impl, separate):
+            params = [torch.nn.Parameter(w.clone()) for w in start]
+            opt = Muon(params, lr=0.02, weight_decay=0.1, ns_fn=kernel, compile=True)
+            for step_grads in grads:
+                for p, g in zip(params, step_grads, strict=True):
+                    p.grad = g.clone()
+                opt.step()
+            results.append([p.detach() for p in params])
+    finally:  # Muon's compiled passes are cached per code object: leave the other tests their limit
+        torch._dynamo.reset()
+    for fused, apart, w in zip(*results, start, strict=True):
+        assert not torch.equal(fused, w)
+        if dtype == torch.float32:
+            torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-7)
+        else:
+            # atol: where p * decay and alpha * O (~1e-2) cancel, the bound is their ulp, not the result's
+            torch.testing.assert_close(fused.float(), apart.float(), rtol=len(grads) * 2**-7, atol=2**-13)
+            assert (fused == apart).float().mean().item() > 0.99
 
 
 @pytest.mark.parametrize("name", ["muon", "polar_express"])

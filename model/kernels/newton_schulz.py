@@ -11,16 +11,23 @@ tall, divide by the Frobenius norm, then per step, with the step's ``(a, b, c)``
 Inputs and every intermediate are bf16 with fp32 accumulation, rounded where the reference rounds
 (A, b A + c A^2 and the new X each once), so the two agree to bf16 accumulation-order noise.
 
-The division by the norm is not a pass of its own: the first step's kernels take the unnormalised
-``X`` and a per-matrix scale ``s = 1 / max(||X||_F, eps)`` (fp32), and apply it in their epilogues,
-``A = s^2 X X^T`` and ``X_1 = s (a X + AA X)``, which is the same maths with one rounding fewer
-(the reference rounds ``X / ||X||`` to bf16 first). A non-finite norm makes ``s`` NaN.
+The division by the norm is not a pass of its own, and neither is the norm: ``||X||_F^2`` is the
+trace of the first step's ``X X^T``. That launch stores ``X X^T`` unscaled and each diagonal tile's
+part of the trace (fp32, before rounding); the next turns the parts into ``s = 1 / max(||X||_F,
+eps)`` and computes ``c s^4 A A + b s^2 A``, and the first new X is ``s (a X + AA X)``: the same
+maths, with the norm in fp32 where the reference rounds it and ``X / ||X||`` to bf16. A non-finite
+norm makes ``s`` NaN.
 
 What it saves over the reference: X X^T and A^2 are symmetric, so ``_gram_kernel`` runs only the
 programs of the upper-triangular tiles (j >= i) and writes each off-diagonal tile twice (itself and
 its transpose): T(T+1)/2 of T^2 tile products, ~42% fewer FLOPs for the two Gram products at
 T = 6 tiles (768 rows), and the ``b A`` and ``a X`` terms ride in the epilogues instead of separate
 passes. Per step that is 2 m^2 n + m^3 (+ the mirrored halves) instead of 4 m^2 n + 2 m^3 FLOPs.
+
+Muon's parameter update can ride in the last step (:func:`orthogonalize_and_apply`, which Muon
+uses when its ``ns_fn`` offers it): ``_gemm_axpy_apply_kernel`` rounds each tile of the new X to
+bf16 as the output would be, and writes ``p * decay + alpha * O`` into the parameter (transposed
+for a tall one, found through a table of addresses) instead of storing O for a second pass.
 
 NaN/inf propagate: a non-finite entry makes its matrix's norm non-finite, hence the whole output
 matrix NaN, exactly like the reference (masked loads only fill out-of-range rows with 0).
@@ -31,6 +38,8 @@ Shapes: ``G`` is ``(..., m, n)``; leading dimensions are a batch of independent 
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import triton
@@ -56,7 +65,7 @@ def _gram_kernel(
     X,  # (B, M, K) input
     C,  # (B, M, M) symmetric addend (read only when HAS_C)
     Out,  # (B, M, M) = alpha * X X^T + beta * C, times Scale[b]^2 when SCALED
-    Scale,  # (B,) fp32 per-matrix scale of X (read only when SCALED)
+    Scale,  # (B,) fp32 per-matrix scale of X (SCALED); (B + B*T,) with TRACE / FROM_TRACE, see below
     stride_xb,
     stride_xm,
     stride_cb,
@@ -70,8 +79,20 @@ def _gram_kernel(
     UPCAST: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    TRACE: tl.constexpr = False,
+    FROM_TRACE: tl.constexpr = False,
+    TILES_P2: tl.constexpr = 1,
+    EPS: tl.constexpr = 1e-7,
 ):
-    """One (BLOCK, BLOCK) tile (i, j), j >= i, of a symmetric product; the lower tile is its mirror."""
+    """One (BLOCK, BLOCK) tile (i, j), j >= i, of a symmetric product; the lower tile is its mirror.
+
+    The first step's Frobenius norms come from its Gram matrix, ||X||^2 = tr(X X^T), with ``Scale``
+    of ``B + B * T`` entries (T tiles per side): ``TRACE`` makes each diagonal tile store its part
+    of the trace (fp32, before rounding) at ``Scale[B + b * T + i]``; ``FROM_TRACE`` (the next
+    launch, ``b A + c A A`` on the unscaled A) sums them into ``s = 1 / max(||X||, EPS)`` (NaN for a
+    non-finite norm), computes ``c s^4 A A + b s^2 A``, and tile (0, 0) stores ``s`` at ``Scale[b]``
+    for the step's ``_gemm_axpy_kernel``. No atomics: every part has one writer.
+    """
     pid_i = tl.program_id(0)
     pid_j = tl.program_id(1)
     if pid_j < pid_i:  # lower-triangular tile: written by its mirror (j, i)
@@ -97,7 +118,23 @@ def _gram_kernel(
         if UPCAST:
             xi, xj = xi.to(tl.float32), xj.to(tl.float32)
         acc = tl.dot(xi, tl.trans(xj), acc)
-    if SCALED:
+    if TRACE and pid_i == pid_j:
+        diagonal = tl.sum(tl.sum(tl.where(rows_i[:, None] == rows_j[None, :], acc, 0.0), axis=1), axis=0)
+        tl.store(Scale + tl.num_programs(2) + bid * tl.num_programs(0) + pid_i, diagonal)
+    if FROM_TRACE:
+        tiles = tl.arange(0, TILES_P2)
+        parts = tl.load(
+            Scale + tl.num_programs(2) + bid * tl.num_programs(0) + tiles,
+            mask=tiles < tl.num_programs(0),
+            other=0.0,
+        )
+        norm = tl.sqrt(tl.sum(parts, axis=0))
+        s = tl.where(norm < float("inf"), 1.0 / tl.maximum(norm, EPS), float("nan"))
+        acc = acc * (alpha * s * s * s * s)
+        beta = beta * s * s
+        if pid_i == 0 and pid_j == 0:
+            tl.store(Scale + bid, s)
+    elif SCALED:
         s = tl.load(Scale + bid)
         acc = acc * (alpha * s * s)
     else:
@@ -133,14 +170,23 @@ def _gemm_axpy_kernel(
     BLOCK_K: tl.constexpr,
 ):
     """One (BLOCK_M, BLOCK_N) tile of ``S @ X + a * X`` (X rows are contiguous, row stride N)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
     bid = tl.program_id(2).to(tl.int64)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = _axpy_tile(S + bid * stride_sb, X + bid * stride_xb, rm, rn, a, M, N, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+    if SCALED:
+        acc = acc * tl.load(Scale + bid)
+    in_tile = (rm[:, None] < M) & (rn[None, :] < N)
+    tl.store(
+        Out + bid * stride_ob + rm[:, None] * N + rn[None, :], acc.to(Out.dtype.element_ty), mask=in_tile
+    )
+
+
+@triton.jit
+def _axpy_tile(s_ptr, x_ptr, rm, rn, a, M: tl.constexpr, N: tl.constexpr, UPCAST: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """The fp32 tile ``(S @ X + a * X)[rm, rn]`` of one matrix (S ``(M, M)``, X ``(M, N)``, both contiguous)."""
     rk = tl.arange(0, BLOCK_K)
-    s_ptr = S + bid * stride_sb
-    x_ptr = X + bid * stride_xb
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, M, BLOCK_K):
         ks = k0 + rk
@@ -153,14 +199,60 @@ def _gemm_axpy_kernel(
         if UPCAST:
             s, x = s.to(tl.float32), x.to(tl.float32)
         acc = tl.dot(s, x, acc)
-    in_tile = (rm[:, None] < M) & (rn[None, :] < N)
-    x_here = tl.load(x_ptr + rm[:, None] * N + rn[None, :], mask=in_tile, other=0.0)
-    acc += a * x_here.to(tl.float32)
+    x_here = tl.load(x_ptr + rm[:, None] * N + rn[None, :], mask=(rm[:, None] < M) & (rn[None, :] < N), other=0.0)
+    return acc + a * x_here.to(tl.float32)
+
+
+@triton.jit
+def _gemm_axpy_apply_kernel(
+    S,  # (B, M, M) left factor (b A + c A^2) of the last step
+    X,  # (B, M, N)
+    Params,  # (B,) int64: each matrix's parameter, (M, N), or (N, M) where Tall
+    Tall,  # (B,) int32: 1 where the parameter is the transpose of its wide update
+    Alphas,  # (B,) fp32: -lr * the matrix's lr ratio
+    Decay,  # () fp32: 1 - lr * weight_decay
+    Scale,  # (B,) fp32 per-matrix scale of X (read only when SCALED: a one-step schedule)
+    stride_sb,
+    stride_xb,
+    a,
+    M: tl.constexpr,
+    N: tl.constexpr,
+    SCALED: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PARAM_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """The last step's tile of ``O = S @ X + a * X``, applied to its parameter: ``p <- p * decay + alpha * O``.
+
+    O is rounded to bf16 first, as the output the separate update pass would read; the update is
+    fp32 and rounds once into the parameter's dtype. Tall parameters take the tile transposed.
+    """
+    bid = tl.program_id(2).to(tl.int64)
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = _axpy_tile(S + bid * stride_sb, X + bid * stride_xb, rm, rn, a, M, N, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
     if SCALED:
         acc = acc * tl.load(Scale + bid)
-    tl.store(
-        Out + bid * stride_ob + rm[:, None] * N + rn[None, :], acc.to(Out.dtype.element_ty), mask=in_tile
-    )
+    update = acc.to(tl.bfloat16).to(tl.float32) * tl.load(Alphas + bid)
+    decay = tl.load(Decay)
+    # The address comes from a table, so say what the host checked (16-byte aligned) and keep each
+    # layout's load and store in its own branch: a pointer merged across the branches loses its
+    # contiguity, and the accesses fall back to one element each.
+    p_ptr = tl.load(Params + bid).to(tl.pointer_type(tl.float32 if PARAM_FP32 else tl.bfloat16))
+    p_ptr = tl.multiple_of(p_ptr, 16)
+    # (Names differ between the branches: Triton types a name assigned in both by its shape.)
+    if tl.load(Tall + bid) != 0:  # the (N, M) parameter takes the tile transposed
+        where_t = p_ptr + rn[:, None] * M + rm[None, :]
+        in_tile_t = (rn[:, None] < N) & (rm[None, :] < M)
+        p_t = tl.load(where_t, mask=in_tile_t, other=0.0).to(tl.float32)
+        tl.store(where_t, (p_t * decay + tl.trans(update)).to(p_ptr.dtype.element_ty), mask=in_tile_t)
+    else:
+        where = p_ptr + rm[:, None] * N + rn[None, :]
+        in_tile = (rm[:, None] < M) & (rn[None, :] < N)
+        p = tl.load(where, mask=in_tile, other=0.0).to(tl.float32)
+        tl.store(where, (p * decay + update).to(p_ptr.dtype.element_ty), mask=in_tile)
 
 
 # Under TRITON_INTERPRET=1 ``triton.jit`` makes interpreted functions; three of its gaps need handling:
@@ -215,51 +307,58 @@ def launch_config(kernel: str, m: int, n: int) -> dict[str, int]:
 
 
 @triton_op("eco_train::newton_schulz_iterate", mutates_args=())
-def _ns_iterate(X: Tensor, scale: Tensor, coefficients: list[float]) -> Tensor:
+def _ns_iterate(X: Tensor, eps: float, coefficients: list[float]) -> Tensor:
     """Run the quintic steps on a contiguous ``(B, m, n)`` bf16 batch with ``m <= n``.
 
-    ``scale``: ``(B,)`` fp32, each matrix's ``1 / ||X||_F``, applied by the first step's kernels.
+    The first step normalises: its X X^T is stored unscaled with each matrix's trace (its squared
+    Frobenius norm), the next launch turns that into the scale ``1 / max(||X||, eps)`` and applies
+    it, and the first new X takes it in its epilogue (see ``_gram_kernel``).
     ``coefficients`` is the flattened per-step schedule ``[a0, b0, c0, a1, b1, c1, ...]``.
     """
+    return _run_steps(X, eps, coefficients, _launcher)
+
+
+def _run_steps(X: Tensor, eps: float, coefficients: list[float], launch: Callable,
+               last_step: Callable | None = None) -> Tensor:  # fmt: skip
+    """The loop of :func:`_ns_iterate`; ``last_step(poly, X, scale, a, scaled, grid, config)``, if
+    given, replaces the last step's ``_gemm_axpy_kernel`` launch (and the result is then the input of
+    that step)."""
     batch, m, n = X.shape
     gram = torch.empty((batch, m, m), dtype=X.dtype, device=X.device)
     poly = torch.empty_like(gram)
     gram_cfg, gemm_cfg = launch_config("gram", m, n), launch_config("gemm", m, n)
     tiles = triton.cdiv(m, gram_cfg["BLOCK"])
+    scale = torch.empty(batch * (1 + tiles), dtype=torch.float32, device=X.device)  # scales, then traces
     gram_grid = (tiles, tiles, batch)
     gemm_grid = (triton.cdiv(m, gemm_cfg["BLOCK_M"]), triton.cdiv(n, gemm_cfg["BLOCK_N"]), batch)
+    # Every constexpr is passed, defaults too: under torch.compile the op's wrapper matches arguments
+    # by count and Inductor's launcher takes them all.
+    norm_args = {"TILES_P2": triton.next_power_of_2(tiles), "EPS": float(eps)}
     for i in range(0, len(coefficients), 3):
         a, b, c = coefficients[i], coefficients[i + 1], coefficients[i + 2]
-        first = i == 0  # X is not normalised yet: the scale rides in A's and the new X's epilogues
+        first = i == 0  # X is not normalised yet: see the docstring
         # A = X X^T
-        _launcher(_gram_kernel)[gram_grid](
+        launch(_gram_kernel)[gram_grid](
             X, X, gram, scale, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0, M=m, K=n,
-            HAS_C=False, SCALED=first, UPCAST=_INTERPRETED, **gram_cfg,
+            HAS_C=False, SCALED=False, UPCAST=_INTERPRETED, TRACE=first, FROM_TRACE=False, **norm_args, **gram_cfg,
         )  # fmt: skip
         # b A + c A A  (A symmetric, so A A = A A^T: the same kernel with A as input)
-        _launcher(_gram_kernel)[gram_grid](
+        launch(_gram_kernel)[gram_grid](
             gram, gram, poly, scale, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), c, b,
-            M=m, K=m, HAS_C=True, SCALED=False, UPCAST=_INTERPRETED, **gram_cfg,
+            M=m, K=m, HAS_C=True, SCALED=False, UPCAST=_INTERPRETED, TRACE=False, FROM_TRACE=first, **norm_args,
+            **gram_cfg,
         )  # fmt: skip
+        if last_step is not None and i + 3 == len(coefficients):
+            last_step(poly, X, scale, a, first, gemm_grid, gemm_cfg)
+            return X
         # a X + (b A + c A A) X
         out = torch.empty_like(X)
-        _launcher(_gemm_axpy_kernel)[gemm_grid](
+        launch(_gemm_axpy_kernel)[gemm_grid](
             poly, X, out, scale, poly.stride(0), X.stride(0), out.stride(0), a, M=m, N=n, SCALED=first,
             UPCAST=_INTERPRETED, **gemm_cfg,
         )  # fmt: skip
         X = out
     return X
-
-
-def inverse_norms(X: Tensor, eps: float) -> Tensor:
-    """``1 / max(||X_b||_F, eps)`` per matrix of a ``(B, m, n)`` batch in fp32, NaN for a non-finite norm.
-
-    The norm is the reference's (fp32 accumulation, rounded to bf16): asking ``vector_norm`` for an
-    fp32 result would first copy the batch to fp32. NaN rather than ``1 / inf = 0`` keeps the
-    promise that a non-finite entry makes its whole output matrix NaN.
-    """
-    norm = torch.linalg.vector_norm(X, dim=(-2, -1)).float()
-    return torch.where(norm.isfinite(), 1.0 / norm.clamp(min=eps), torch.nan)
 
 
 def triton_impl(
@@ -278,11 +377,74 @@ def triton_impl(
         X = X.mT
     batch_shape = X.shape
     X = X.reshape(-1, batch_shape[-2], batch_shape[-1]).contiguous()  # a copy only for tall input
-    X = _ns_iterate(X, inverse_norms(X, eps), [float(v) for triple in schedule for v in triple])
+    X = _ns_iterate(X, float(eps), [float(v) for triple in schedule for v in triple])
     X = X.reshape(batch_shape)
     if transposed:
         X = X.mT
     return X.to(G.dtype)
+
+
+def orthogonalize_and_apply(
+    G: Tensor,
+    params: list[Tensor],
+    tall: list[bool],
+    alphas: Tensor,
+    decay: Tensor,
+    steps: int = DEFAULT_NS_STEPS,
+    coefficients: NSCoefficients = DEFAULT_NS_COEFFICIENTS,
+    eps: float = DEFAULT_NS_EPS,
+) -> None:
+    """Orthogonalize the wide ``(B, m, n)`` batch ``G`` and apply it: ``params[b] <- params[b] * decay
+    + alphas[b] * O[b]`` (``O[b]`` transposed where ``tall[b]``), the last step writing the parameters.
+
+    What ``triton_impl`` then Muon's update pass do, without the output the pass would read back.
+    ``alphas``: ``(B,)`` fp32 on the device (``-lr * ratio``); ``decay``: 0-dim fp32. Parameters are
+    contiguous, 16-byte aligned, bf16 or fp32 (all one dtype). Eager only: it writes the parameters, so it is not a
+    functional op ``torch.compile`` could trace.
+    """
+    if G.ndim != 3 or G.size(-2) > G.size(-1):
+        raise ValueError(f"orthogonalize_and_apply needs a wide (B, m, n) batch, m <= n; got {tuple(G.shape)}")
+    if len(params) != G.size(0) or len(tall) != G.size(0):
+        raise ValueError(f"{G.size(0)} matrices but {len(params)} parameters and {len(tall)} flags")
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) != 1 or not dtypes <= {torch.bfloat16, torch.float32} or not all(p.is_contiguous() for p in params):
+        raise ValueError(f"parameters must be contiguous and all bf16 or all fp32; got {sorted(map(str, dtypes))}")
+    _, m, n = G.shape
+    for p, is_tall in zip(params, tall, strict=True):
+        if tuple(p.shape) != ((n, m) if is_tall else (m, n)):
+            raise ValueError(f"parameter of shape {tuple(p.shape)} does not match a {(m, n)} update (tall={is_tall})")
+    table, flags = _param_tables(params, tall)
+    X = G.to(torch.bfloat16).contiguous()
+    schedule = coefficient_schedule(coefficients, steps)
+
+    def last_step(poly: Tensor, X: Tensor, scale: Tensor, a: float, scaled: bool, grid: tuple, cfg: dict) -> None:
+        _gemm_axpy_apply_kernel[grid](
+            poly, X, table, flags, alphas, decay, scale, poly.stride(0), X.stride(0), a, M=m, N=n,
+            SCALED=scaled, UPCAST=_INTERPRETED, PARAM_FP32=params[0].dtype == torch.float32, **cfg,
+        )  # fmt: skip
+
+    _run_steps(X, float(eps), [float(v) for triple in schedule for v in triple], lambda k: k, last_step)
+
+
+triton_impl.orthogonalize_and_apply = orthogonalize_and_apply  # what Muon looks for on its ns_fn
+
+# (data pointers, tall flags, device) -> the device tables of orthogonalize_and_apply: built when a
+# parameter moves, not every step (a host-to-device copy per step would cost a launch and a wait).
+_TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _param_tables(params: list[Tensor], tall: list[bool]) -> tuple[Tensor, Tensor]:
+    """The ``(B,)`` int64 parameter addresses and int32 tall flags on the parameters' device."""
+    key = (tuple(p.data_ptr() for p in params), tuple(tall), params[0].device)
+    if key not in _TABLES:
+        if any(ptr % 16 for ptr in key[0]):  # the kernel's vector loads and stores assume it
+            raise ValueError("orthogonalize_and_apply needs 16-byte aligned parameters")
+        if len(_TABLES) >= 64:  # parameters reallocated again and again: forget the old addresses
+            _TABLES.clear()
+        device = params[0].device
+        _TABLES[key] = (torch.tensor(key[0], dtype=torch.int64, device=device),
+                        torch.tensor([int(t) for t in tall], dtype=torch.int32, device=device))  # fmt: skip
+    return _TABLES[key]
 
 
 # ---------------------------------------------------------------------------- benchmark cases

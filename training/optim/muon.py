@@ -220,6 +220,8 @@ class Muon(torch.optim.Optimizer):
         # param-group index -> (ids of the params that had gradients, their buckets); rebuilt when that
         # set changes or a state dict is loaded.
         self._buckets: dict[int, tuple[tuple[int, ...], list[_Bucket]]] = {}
+        # (bucket sizes, lr ratios, device) -> (B,) fp32 ``-ratio`` per matrix (orthogonalize_and_apply)
+        self._ratio_tables: dict[tuple, Tensor] = {}
 
     # ------------------------------------------------------------------ shape buckets
 
@@ -354,6 +356,35 @@ class Muon(torch.optim.Optimizer):
                 [[p.grad for p in b.params] for b in members], [b.momentum for b in members], ok, momentum,
                 tall=tall, nesterov=group["nesterov"],
             )  # fmt: skip
-            ortho = self.orthogonalize(joined, group)
             ratios = tuple(adjust_lr(1.0, group["adjust_lr_fn"], b.params[0].shape) for b in members)
+            fused = getattr(self.ns_fn, "orthogonalize_and_apply", None) is not None
+            if fused and all(p.data_ptr() % 16 == 0 for b in members for p in b.params):
+                self.orthogonalize_and_apply(joined, members, tall, ratios, lr, decay, group)
+                continue
+            ortho = self.orthogonalize(joined, group)
             apply_fn([b.params for b in members], ortho, lr, decay, tall=tall, lr_ratios=ratios)
+
+    def orthogonalize_and_apply(
+        self, update: Tensor, buckets: list[_Bucket], tall: tuple[bool, ...], ratios: tuple[float, ...],
+        lr: Tensor, decay: Tensor, group: dict,
+    ) -> None:
+        """:meth:`orthogonalize` and the parameter update in one, for an ``ns_fn`` that offers it
+        (the Triton kernel's last step writes the parameters instead of an output read back).
+
+        ``update``: the joined wide batch of ``buckets`` (tall ones transposed, as ``tall`` says);
+        ``ratios``: each bucket's :func:`adjust_lr` factor; ``lr`` and ``decay`` as 0-dim device
+        tensors. Distributed seam, as :meth:`orthogonalize`: each rank would orthogonalize and apply
+        its share of the batch, then all-gather the updated parameters.
+        """
+        params = [p for b in buckets for p in b.params]
+        flags = [is_tall for b, is_tall in zip(buckets, tall, strict=True) for _ in b.params]
+        key = (tuple(len(b.params) for b in buckets), ratios, update.device)
+        if key not in self._ratio_tables:
+            self._ratio_tables[key] = torch.tensor(
+                [-r for b, r in zip(buckets, ratios, strict=True) for _ in b.params], dtype=torch.float32,
+                device=update.device,
+            )  # fmt: skip
+        self.ns_fn.orthogonalize_and_apply(  # type: ignore[attr-defined]
+            update, params, flags, lr * self._ratio_tables[key], decay,
+            steps=group["ns_steps"], coefficients=group["ns_coefficients"], eps=group["eps"],
+        )  # fmt: skip

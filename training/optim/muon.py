@@ -335,7 +335,9 @@ class Muon(torch.optim.Optimizer):
         down) are orthogonalized in one batched call, the tall ones as their transposes: Newton–Schulz
         commutes with transposition, and one launch series over the larger batch keeps the GPU busier.
         Per call: one compiled pass prepares the joined batch, the kernel orthogonalizes it, one
-        compiled pass updates the parameters. A group's parameters share one device (as ``ok`` does).
+        compiled pass updates the parameters; with an ``ns_fn`` that offers ``orthogonalize_and_apply``
+        (the Triton kernel) and 16-byte aligned parameters, the kernel's last step updates them
+        instead. A group's parameters share one device (as ``ok`` does).
         """
         if not buckets:
             return

@@ -113,3 +113,9 @@ def test_kernel_launchers_names_the_op_chain() -> None:
         "reduce_kernel": "aten::linalg_vector_norm < aten::_foreach_norm < Optimizer.step#C3O.step",
         "gemm": "aten::mm",
     }
+
+
+def test_kernel_categories_put_every_newton_schulz_kernel_in_its_row() -> None:
+    for name in ("_gram_kernel", "_gemm_axpy_kernel", "_gemm_axpy_apply_kernel"):
+        assert bench_train.kernel_category(name) == "newton_schulz", name
+    assert bench_train.kernel_category("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN") == "matmul"

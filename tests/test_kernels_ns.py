@@ -120,6 +120,20 @@ def test_first_step_takes_the_norm_from_the_gram_trace() -> None:
     torch.testing.assert_close(poly, 0.5 * A @ A - 3.0 * A, rtol=1e-4, atol=1e-4)
 
 
+def test_large_finite_inputs_come_out_as_the_reference_does() -> None:
+    """Newton–Schulz is scale-invariant, and the reference normalises first. The kernel forms the
+    first A A from the unscaled A, which overflows fp32 once ||X|| nears 1e8 here; its rescue launch
+    redoes those matrices from the normalised A, so huge finite momenta still give finite updates."""
+    G = torch.randn(3, 32, 64, generator=torch.Generator().manual_seed(5))
+    base = ns.triton_impl(G, steps=3)
+    for factor in (1e4, 1e9, 1e16):  # 1e9 and up overflowed without the rescue
+        big = G.clone()
+        big[1] *= factor  # one matrix of the batch: the others keep the fast launch's tiles
+        out = ns.triton_impl(big, steps=3)
+        assert out.isfinite().all(), factor
+        assert rel_err(out, base) < 0.03, factor
+
+
 def test_non_finite_propagates_and_zero_stays_zero() -> None:
     G = torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(2))
     G[1, 3, 5] = float("nan")
@@ -257,10 +271,13 @@ apply |= dict.fromkeys(("Alphas", "Decay", "Scale"), "*fp32") | dict.fromkeys(("
 apply |= {"a": "fp32"}
 for m, n in [(768, 768), (768, 2048), (512, 1024), (1024, 1024), (1024, 2816)]:  # the 124m/350m groups, m <= n
     tiles_p2 = triton.next_power_of_2(triton.cdiv(m, ns._block(m)))
-    for has_c, k, first in ((False, n, True), (False, n, False), (True, m, True), (True, m, False)):  # as _ns_iterate
-        c = dict(M=m, K=k, HAS_C=has_c, SCALED=False, UPCAST=False,
-                 TRACE=first and not has_c, FROM_TRACE=first and has_c, TILES_P2=tiles_p2, EPS=1e-7)
-        out[f"gram {m}x{k} {has_c} {first}"] = build(ns._gram_kernel, gram, c, ns.launch_config("gram", m, n))
+    launches = ((False, n, True, False), (False, n, False, False), (True, m, True, False), (True, m, True, True),
+                (True, m, False, False))  # as _run_steps: has_c, k, first step, rescue
+    for has_c, k, first, rescue in launches:
+        c = dict(M=m, K=k, HAS_C=has_c, SCALED=False, UPCAST=False, TRACE=first and not has_c,
+                 FROM_TRACE=first and has_c, TILES_P2=tiles_p2, EPS=1e-7, RESCUE=rescue, SAFE_SQ=(1e38 / m) ** 0.5)
+        config = ns.launch_config("gram", m, n)
+        out[f"gram {m}x{k} {has_c} {first} {rescue}"] = build(ns._gram_kernel, gram, c, config)
     for scaled in (True, False):
         c = dict(M=m, N=n, SCALED=scaled, UPCAST=False)
         out[f"gemm {m}x{n} {scaled}"] = build(ns._gemm_axpy_kernel, gemm, c, ns.launch_config("gemm", m, n))
@@ -286,8 +303,9 @@ def test_kernels_compile_for_the_h100() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     built = json.loads(result.stdout.splitlines()[-1])
     # 10 GEMMs (first step scaled or not), 10 GEMMs that apply the last step (bf16 or fp32
-    # parameters), 16 distinct Gram configurations (first step or not; the A^2 ones repeat per m)
-    assert len(built) == 36
+    # parameters), 19 distinct Gram configurations (first step or not, the first A^2's rescue; the
+    # A^2 ones repeat per m)
+    assert len(built) == 39
     for name, kernel in built.items():
         assert ".target sm_90" in kernel["ptx"] and "wgmma.mma_async" in kernel["ptx"], name
         assert "cp.async" in kernel["ptx"], name

@@ -83,6 +83,8 @@ def _gram_kernel(
     FROM_TRACE: tl.constexpr = False,
     TILES_P2: tl.constexpr = 1,
     EPS: tl.constexpr = 1e-7,
+    RESCUE: tl.constexpr = False,
+    SAFE_SQ: tl.constexpr = 1e30,
 ):
     """One (BLOCK, BLOCK) tile (i, j), j >= i, of a symmetric product; the lower tile is its mirror.
 
@@ -92,6 +94,11 @@ def _gram_kernel(
     launch, ``b A + c A A`` on the unscaled A) sums them into ``s = 1 / max(||X||, EPS)`` (NaN for a
     non-finite norm), computes ``c s^4 A A + b s^2 A``, and tile (0, 0) stores ``s`` at ``Scale[b]``
     for the step's ``_gemm_axpy_kernel``. No atomics: every part has one writer.
+
+    Unscaled, ``A A`` overflows fp32 once ``M ||X||^4`` nears its range (``||X||`` ~1e8 at M = 1024),
+    where the reference, normalising first, does not. So a ``RESCUE`` launch follows ``FROM_TRACE``:
+    its programs return at once unless ``||X||^2 > SAFE_SQ``, and then compute the tile again from
+    ``s^2 A`` (rounded to bf16, as the reference rounds the normalised A), overwriting it.
     """
     pid_i = tl.program_id(0)
     pid_j = tl.program_id(1)
@@ -100,6 +107,19 @@ def _gram_kernel(
     bid = tl.program_id(2).to(tl.int64)
     rows_i = pid_i * BLOCK + tl.arange(0, BLOCK)
     rows_j = pid_j * BLOCK + tl.arange(0, BLOCK)
+    if FROM_TRACE:
+        tiles = tl.arange(0, TILES_P2)
+        parts = tl.load(
+            Scale + tl.num_programs(2) + bid * tl.num_programs(0) + tiles,
+            mask=tiles < tl.num_programs(0),
+            other=0.0,
+        )
+        square = tl.sum(parts, axis=0)
+        norm = tl.sqrt(square)
+        s = tl.where(norm < float("inf"), 1.0 / tl.maximum(norm, EPS), float("nan"))
+        if RESCUE:  # noqa: SIM102 (RESCUE is a compile-time constant, the test a run-time one)
+            if square <= SAFE_SQ:  # the FROM_TRACE launch's tile stands (NaN goes on: NaN either way)
+                return
     rk = tl.arange(0, BLOCK_K)
     x_ptr = X + bid * stride_xb
     acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
@@ -115,6 +135,9 @@ def _gram_kernel(
             mask=(rows_j[:, None] < M) & (ks[None, :] < K),
             other=0.0,
         )
+        if RESCUE:
+            xi = (xi.to(tl.float32) * (s * s)).to(xi.dtype)
+            xj = (xj.to(tl.float32) * (s * s)).to(xj.dtype)
         if UPCAST:
             xi, xj = xi.to(tl.float32), xj.to(tl.float32)
         acc = tl.dot(xi, tl.trans(xj), acc)
@@ -122,18 +145,13 @@ def _gram_kernel(
         diagonal = tl.sum(tl.sum(tl.where(rows_i[:, None] == rows_j[None, :], acc, 0.0), axis=1), axis=0)
         tl.store(Scale + tl.num_programs(2) + bid * tl.num_programs(0) + pid_i, diagonal)
     if FROM_TRACE:
-        tiles = tl.arange(0, TILES_P2)
-        parts = tl.load(
-            Scale + tl.num_programs(2) + bid * tl.num_programs(0) + tiles,
-            mask=tiles < tl.num_programs(0),
-            other=0.0,
-        )
-        norm = tl.sqrt(tl.sum(parts, axis=0))
-        s = tl.where(norm < float("inf"), 1.0 / tl.maximum(norm, EPS), float("nan"))
-        acc = acc * (alpha * s * s * s * s)
+        if RESCUE:
+            acc = acc * alpha
+        else:
+            acc = acc * (alpha * s * s * s * s)
+            if pid_i == 0 and pid_j == 0:
+                tl.store(Scale + bid, s)
         beta = beta * s * s
-        if pid_i == 0 and pid_j == 0:
-            tl.store(Scale + bid, s)
     elif SCALED:
         s = tl.load(Scale + bid)
         acc = acc * (alpha * s * s)
@@ -333,21 +351,24 @@ def _run_steps(X: Tensor, eps: float, coefficients: list[float], launch: Callabl
     gemm_grid = (triton.cdiv(m, gemm_cfg["BLOCK_M"]), triton.cdiv(n, gemm_cfg["BLOCK_N"]), batch)
     # Every constexpr is passed, defaults too: under torch.compile the op's wrapper matches arguments
     # by count and Inductor's launcher takes them all.
-    norm_args = {"TILES_P2": triton.next_power_of_2(tiles), "EPS": float(eps)}
+    # SAFE_SQ: ||X||^2 below which the unscaled A A stays well inside fp32 (M ||X||^4 < 1e38).
+    norm_args = {"TILES_P2": triton.next_power_of_2(tiles), "EPS": float(eps), "SAFE_SQ": (1e38 / m) ** 0.5}
     for i in range(0, len(coefficients), 3):
         a, b, c = coefficients[i], coefficients[i + 1], coefficients[i + 2]
         first = i == 0  # X is not normalised yet: see the docstring
         # A = X X^T
         launch(_gram_kernel)[gram_grid](
             X, X, gram, scale, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0, M=m, K=n,
-            HAS_C=False, SCALED=False, UPCAST=_INTERPRETED, TRACE=first, FROM_TRACE=False, **norm_args, **gram_cfg,
-        )  # fmt: skip
-        # b A + c A A  (A symmetric, so A A = A A^T: the same kernel with A as input)
-        launch(_gram_kernel)[gram_grid](
-            gram, gram, poly, scale, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), c, b,
-            M=m, K=m, HAS_C=True, SCALED=False, UPCAST=_INTERPRETED, TRACE=False, FROM_TRACE=first, **norm_args,
+            HAS_C=False, SCALED=False, UPCAST=_INTERPRETED, TRACE=first, FROM_TRACE=False, RESCUE=False, **norm_args,
             **gram_cfg,
         )  # fmt: skip
+        # b A + c A A  (A symmetric, so A A = A A^T: the same kernel with A as input)
+        for rescue in (False, True) if first else (False,):  # the rescue: see _gram_kernel
+            launch(_gram_kernel)[gram_grid](
+                gram, gram, poly, scale, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), c, b,
+                M=m, K=m, HAS_C=True, SCALED=False, UPCAST=_INTERPRETED, TRACE=False, FROM_TRACE=first,
+                RESCUE=rescue, **norm_args, **gram_cfg,
+            )  # fmt: skip
         if last_step is not None and i + 3 == len(coefficients):
             last_step(poly, X, scale, a, first, gemm_grid, gemm_cfg)
             return X

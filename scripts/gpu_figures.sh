@@ -7,12 +7,16 @@
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
 #                                            # (needs PyInstaller importable, e.g. from wheels on PYTHONPATH)
+#   scripts/gpu_figures.sh OUT_DIR optim_ab  # the optimizer step of .ab_before/ (a copy of an older tree, e.g.
+#                                            # `git archive <commit> | tar -x -C .ab_before`, carried to the GPU
+#                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|delta|binary}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|delta|binary}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader > "$out/gpu.txt"
 
@@ -67,6 +71,15 @@ case $part in
         bench source_run 150 python3 train_sigma.py "${job[@]}" --output-dir /tmp/run_src --checkpoint-dir /tmp/ck_src
         cp /tmp/run_bin/metrics.jsonl "$out/binary_metrics.jsonl"
         cp /tmp/run_src/metrics.jsonl "$out/source_metrics.jsonl"
+        ;;
+    optim_ab)
+        [ -d .ab_before ] || { echo "optim_ab needs .ab_before/ (see the top of this file)" >&2; exit 2; }
+        ab=(scripts/bench_optim.py --presets 124m 350m --steps 10 --repeats 5 --variants "ours ns=triton +ok"
+            "fused AdamW (all)")
+        for round in 1 2; do
+            (cd .ab_before && bench "optim_before_$round" 150 python3 "${ab[@]}" --json "$out/optim_before_$round.json")
+            bench "optim_after_$round" 150 python3 "${ab[@]}" --json "$out/optim_after_$round.json"
+        done
         ;;
     *)
         echo "unknown part $part" >&2

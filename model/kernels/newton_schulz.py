@@ -420,8 +420,8 @@ def orthogonalize_and_apply(
 
     What ``triton_impl`` then Muon's update pass do, without the output the pass would read back.
     ``alphas``: ``(B,)`` fp32 on the device (``-lr * ratio``); ``decay``: 0-dim fp32. Parameters are
-    contiguous, 16-byte aligned, bf16 or fp32 (all one dtype). Eager only: it writes the parameters, so it is not a
-    functional op ``torch.compile`` could trace.
+    contiguous, 16-byte aligned, bf16 or fp32 (all one dtype). Eager only: it writes the parameters,
+    so it is not a functional op ``torch.compile`` could trace.
     """
     if G.ndim != 3 or G.size(-2) > G.size(-1):
         raise ValueError(f"orthogonalize_and_apply needs a wide (B, m, n) batch, m <= n; got {tuple(G.shape)}")

@@ -51,7 +51,7 @@ def time_launch(kernel: str, X: torch.Tensor, A: torch.Tensor, config: dict, gra
 
     batch, m, n = X.shape
     out_mm = torch.empty_like(A)
-    scale = torch.ones(batch, device=X.device)  # read only by SCALED launches; none here
+    scale = torch.ones(batch, device=X.device)  # read only by the first step's launches; none here
     if kernel == "gram":
         src, k_dim = (X, n) if gram_input == "X" else (A, m)
         tiles = -(-m // config["BLOCK"])
@@ -59,7 +59,7 @@ def time_launch(kernel: str, X: torch.Tensor, A: torch.Tensor, config: dict, gra
         def launch() -> None:
             ns._gram_kernel[(tiles, tiles, batch)](
                 src, A, out_mm, scale, src.stride(0), src.stride(1), A.stride(0), out_mm.stride(0), 1.0, 0.5,
-                M=m, K=k_dim, HAS_C=gram_input == "A", SCALED=False, UPCAST=False, **config,
+                M=m, K=k_dim, HAS_C=gram_input == "A", UPCAST=False, **config,
             )
     else:
         out = torch.empty_like(X)

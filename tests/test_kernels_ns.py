@@ -73,24 +73,18 @@ def test_gram_kernel_computes_the_full_symmetric_product() -> None:
     """Upper tiles computed, lower tiles mirrored, the ragged edge masked: equals X X^T (fp32, exact maths)."""
     X = torch.randn(2, 40, 24, generator=torch.Generator().manual_seed(1))  # 3 x 3 tiles of 16, last ragged
     out = torch.full((2, 40, 40), float("nan"))
-    scale = torch.tensor([1.0, 0.5])  # per matrix, squared into A when SCALED
+    scale = torch.full((2 * (1 + 3),), float("nan"))  # read only by the first step's launches
     ns._gram_kernel[(3, 3, 2)](
         X, X, out, scale, X.stride(0), X.stride(1), 0, out.stride(0), 2.0, 0.0,
-        M=40, K=24, HAS_C=False, SCALED=False, UPCAST=True, BLOCK=16, BLOCK_K=16,
+        M=40, K=24, HAS_C=False, UPCAST=True, BLOCK=16, BLOCK_K=16,
     )  # fmt: skip
     torch.testing.assert_close(out, 2 * X @ X.mT, rtol=1e-5, atol=1e-5)
-    scaled = torch.full_like(out, float("nan"))
-    ns._gram_kernel[(3, 3, 2)](
-        X, X, scaled, scale, X.stride(0), X.stride(1), 0, out.stride(0), 2.0, 0.0,
-        M=40, K=24, HAS_C=False, SCALED=True, UPCAST=True, BLOCK=16, BLOCK_K=16,
-    )  # fmt: skip
-    torch.testing.assert_close(scaled, 2 * scale[:, None, None] ** 2 * (X @ X.mT), rtol=1e-5, atol=1e-5)
     # With the addend: c A A^T + b A for a symmetric A, the second product of every step.
     A = out / 2
     poly = torch.full_like(A, float("nan"))
     ns._gram_kernel[(3, 3, 2)](
         A, A, poly, scale, A.stride(0), A.stride(1), A.stride(0), poly.stride(0), 0.5, -3.0,
-        M=40, K=40, HAS_C=True, SCALED=False, UPCAST=True, BLOCK=16, BLOCK_K=16,
+        M=40, K=40, HAS_C=True, UPCAST=True, BLOCK=16, BLOCK_K=16,
     )  # fmt: skip
     torch.testing.assert_close(poly, 0.5 * A @ A - 3.0 * A, rtol=1e-5, atol=1e-3)
 
@@ -102,7 +96,7 @@ def test_first_step_takes_the_norm_from_the_gram_trace() -> None:
     X[1] *= 7.0
     scale = torch.full((2 * (1 + 3),), float("nan"))  # 2 scales, then 2 x 3 trace parts
     gram = torch.full((2, 40, 40), float("nan"))
-    norm_args = dict(TILES_P2=4, EPS=1e-7, UPCAST=True, BLOCK=16, BLOCK_K=16, SCALED=False)
+    norm_args = dict(TILES_P2=4, EPS=1e-7, UPCAST=True, BLOCK=16, BLOCK_K=16)
     ns._gram_kernel[(3, 3, 2)](
         X, X, gram, scale, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0,
         M=40, K=24, HAS_C=False, TRACE=True, **norm_args,
@@ -274,7 +268,7 @@ for m, n in [(768, 768), (768, 2048), (512, 1024), (1024, 1024), (1024, 2816)]: 
     launches = ((False, n, True, False), (False, n, False, False), (True, m, True, False), (True, m, True, True),
                 (True, m, False, False))  # as _run_steps: has_c, k, first step, rescue
     for has_c, k, first, rescue in launches:
-        c = dict(M=m, K=k, HAS_C=has_c, SCALED=False, UPCAST=False, TRACE=first and not has_c,
+        c = dict(M=m, K=k, HAS_C=has_c, UPCAST=False, TRACE=first and not has_c,
                  FROM_TRACE=first and has_c, TILES_P2=tiles_p2, EPS=1e-7, RESCUE=rescue, SAFE_SQ=(1e38 / m) ** 0.5)
         config = ns.launch_config("gram", m, n)
         out[f"gram {m}x{k} {has_c} {first} {rescue}"] = build(ns._gram_kernel, gram, c, config)

@@ -64,8 +64,8 @@ reference = zeropower_via_newtonschulz
 def _gram_kernel(
     X,  # (B, M, K) input
     C,  # (B, M, M) symmetric addend (read only when HAS_C)
-    Out,  # (B, M, M) = alpha * X X^T + beta * C, times Scale[b]^2 when SCALED
-    Scale,  # (B,) fp32 per-matrix scale of X (SCALED); (B + B*T,) with TRACE / FROM_TRACE, see below
+    Out,  # (B, M, M) = alpha * X X^T + beta * C (with FROM_TRACE: see below)
+    Scale,  # (B + B*T,) fp32 per-matrix scales, then trace parts (read or written with TRACE / FROM_TRACE)
     stride_xb,
     stride_xm,
     stride_cb,
@@ -75,7 +75,6 @@ def _gram_kernel(
     M: tl.constexpr,
     K: tl.constexpr,
     HAS_C: tl.constexpr,
-    SCALED: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -152,9 +151,6 @@ def _gram_kernel(
             if pid_i == 0 and pid_j == 0:
                 tl.store(Scale + bid, s)
         beta = beta * s * s
-    elif SCALED:
-        s = tl.load(Scale + bid)
-        acc = acc * (alpha * s * s)
     else:
         acc = acc * alpha
     in_tile = (rows_i[:, None] < M) & (rows_j[None, :] < M)
@@ -359,14 +355,14 @@ def _run_steps(X: Tensor, eps: float, coefficients: list[float], launch: Callabl
         # A = X X^T
         launch(_gram_kernel)[gram_grid](
             X, X, gram, scale, X.stride(0), X.stride(1), 0, gram.stride(0), 1.0, 0.0, M=m, K=n,
-            HAS_C=False, SCALED=False, UPCAST=_INTERPRETED, TRACE=first, FROM_TRACE=False, RESCUE=False, **norm_args,
+            HAS_C=False, UPCAST=_INTERPRETED, TRACE=first, FROM_TRACE=False, RESCUE=False, **norm_args,
             **gram_cfg,
         )  # fmt: skip
         # b A + c A A  (A symmetric, so A A = A A^T: the same kernel with A as input)
         for rescue in (False, True) if first else (False,):  # the rescue: see _gram_kernel
             launch(_gram_kernel)[gram_grid](
                 gram, gram, poly, scale, gram.stride(0), gram.stride(1), gram.stride(0), poly.stride(0), c, b,
-                M=m, K=m, HAS_C=True, SCALED=False, UPCAST=_INTERPRETED, TRACE=False, FROM_TRACE=first,
+                M=m, K=m, HAS_C=True, UPCAST=_INTERPRETED, TRACE=False, FROM_TRACE=first,
                 RESCUE=rescue, **norm_args, **gram_cfg,
             )  # fmt: skip
         if last_step is not None and i + 3 == len(coefficients):

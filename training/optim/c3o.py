@@ -152,7 +152,7 @@ def cautious_mask_(update: Tensor, grad: Tensor) -> Tensor:
 
 @dataclass
 class _Bucket:
-    """Parameters of one param group sharing (dtype, device, step count), with flat moments."""
+    """Parameters of one param group sharing (dtype, device, step count), with per-segment moment buffers."""
 
     params: list[Tensor]
     numels: list[int]
@@ -282,8 +282,8 @@ def _bucket_step(
     if ok is not None:
         step_size = torch.where(ok, step_size, 0.0)
     # Rounding noise: one 32-bit hash per element for both moments (its high half for exp_avg, its
-    # low half for exp_avg_sq), one more for the parameters. The hash's integer maths (64-bit lanes)
-    # is most of this pass's work on a GPU, so the moments share theirs.
+    # low half for exp_avg_sq), one more for the parameters. The hash's integer maths is a large part
+    # of this pass's work on a GPU, so the moments share theirs.
     t_int = step.to(torch.int64)
     moments_key, params_key = (_mix32((noise_base ^ (t_int * 4 + stream)) & _U32) for stream in (0, 2))
 
@@ -388,7 +388,7 @@ class C3O(torch.optim.Optimizer):
         """The buckets of ``params`` (a group's params with gradients), built on first use.
 
         Parameters go together when dtype, device and step count agree (a loaded checkpoint could
-        hold different counts). Building copies whatever per-parameter moments exist into fresh flat
+        hold different counts). Building copies whatever per-parameter moments exist into fresh segment
         buffers and points the state at views of them. Reading a count that lives on the GPU syncs,
         which only happens here, once after a load or when the set of parameters with gradients
         changes, never in a steady step.
@@ -413,7 +413,7 @@ class C3O(torch.optim.Optimizer):
             # One buffer per segment, per moment: a tensor alone keeps its shape, joined ones are flat.
             shapes = [ps[first].shape if stop - first == 1 else (sum(numels[first:stop]),)
                       for first, stop, _ in segments]  # fmt: skip
-            flat = {
+            buffers = {
                 k: [torch.zeros(shape, dtype=self.state_dtype, device=device) for shape in shapes]
                 for k in _MOMENT_KEYS
             }
@@ -427,13 +427,13 @@ class C3O(torch.optim.Optimizer):
                 for p, offset in zip(ps[first:stop], _offsets(numels[first:stop]), strict=True):
                     state = self.state[p]
                     for k in _MOMENT_KEYS:
-                        view = flat[k][segment].view(-1)[offset : offset + p.numel()].view_as(p)
+                        view = buffers[k][segment].view(-1)[offset : offset + p.numel()].view_as(p)
                         if k in state:
                             view.copy_(state[k])
                         state[k] = view
                     state["step"] = step
             noise_base = _mix32((_mix32(self.seed & _U32) ^ first_index[id(ps[0])]) & _U32)
-            buckets.append(_Bucket(ps, numels, flat["exp_avg"], flat["exp_avg_sq"], step, noise_base))
+            buckets.append(_Bucket(ps, numels, buffers["exp_avg"], buffers["exp_avg_sq"], step, noise_base))
         self._buckets[index] = (key, buckets)
         return buckets
 

@@ -6,7 +6,11 @@ holds the tight bf16 bounds on CUDA.
 """
 
 import copy
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +30,9 @@ from model.kernels import linear_ce, rmsnorm  # noqa: E402
 if not isinstance(rmsnorm._rms_norm_fwd_kernel, InterpretedFunction):
     raise RuntimeError("model.kernels.rmsnorm was imported before TRITON_INTERPRET=1 was set; "
                        "run pytest with TRITON_INTERPRET=1 in the environment")
+
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -104,11 +111,22 @@ def loss_and_grads(fn, h: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     return loss, grad_h, grad_w
 
 
-@pytest.mark.parametrize("block_v", [64, linear_ce._BLOCK_V], ids=["5_vocab_blocks", "one_vocab_block"])
-@pytest.mark.parametrize("chunk_rows", [7, 12, 64], ids=["ragged_last_chunk", "chunks", "one_chunk"])
-def test_linear_ce_fp32_matches_reference(chunk_rows: int, block_v: int, monkeypatch) -> None:
-    """Ignored targets everywhere, including a chunk (rows 12..23 with chunk_rows=12) with none valid."""
+# The row kernel's paths: (two-pass block width, widest one-pass row). 0 sends every vocabulary through
+# the two-pass loop; the default sends the tests' small vocabularies through the one-pass path.
+ROW_PATHS = {"two_pass_5_vocab_blocks": (64, 0), "two_pass_one_vocab_block": (linear_ce._BLOCK_V, 0),
+             "one_pass": (linear_ce._BLOCK_V, linear_ce._ONE_PASS_MAX_V)}
+
+
+@pytest.fixture(params=ROW_PATHS.values(), ids=ROW_PATHS.keys())
+def row_path(request, monkeypatch) -> None:
+    block_v, one_pass_max_v = request.param
     monkeypatch.setattr(linear_ce, "_BLOCK_V", block_v)
+    monkeypatch.setattr(linear_ce, "_ONE_PASS_MAX_V", one_pass_max_v)
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 12, 64], ids=["ragged_last_chunk", "chunks", "one_chunk"])
+def test_linear_ce_fp32_matches_reference(chunk_rows: int, row_path) -> None:
+    """Ignored targets everywhere, including a chunk (rows 12..23 with chunk_rows=12) with none valid."""
     h, weight, targets = ce_inputs(N=40, D=24, V=300)
     targets[12:24] = IGNORE_INDEX
     targets[[0, 31]] = IGNORE_INDEX
@@ -152,7 +170,7 @@ def test_linear_ce_all_ignored_is_nan_like_reference() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy meeting the NaN on purpose
-def test_linear_ce_nan_in_h_gives_nan_loss() -> None:
+def test_linear_ce_nan_in_h_gives_nan_loss(row_path) -> None:
     h, weight, targets = ce_inputs(N=12, D=8, V=50)
     with torch.no_grad():
         h[5, 2] = float("nan")
@@ -161,11 +179,73 @@ def test_linear_ce_nan_in_h_gives_nan_loss() -> None:
     assert torch.isnan(grad_h[5]).all()
 
 
-def test_linear_ce_target_out_of_range_gives_nan_loss() -> None:
+def test_linear_ce_target_out_of_range_gives_nan_loss(row_path) -> None:
     """The reference raises; the kernel cannot without a host sync, so the loss turns NaN instead."""
     h, weight, targets = ce_inputs(N=6, D=8, V=50)
     targets[2] = 50
     assert torch.isnan(linear_ce.triton_impl(h, weight, targets))
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["two_pass", "one_pass"])
+def test_rows_kernel_gives_cross_entropy_and_its_gradient(one_pass: bool) -> None:
+    """The row kernel alone, as ``bench_ce_rows.py`` launches it: loss per row and d(mean loss)/dlogits."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(10, 300, generator=generator)
+    targets = torch.randint(0, 300, (10,), generator=generator)
+    targets[4] = IGNORE_INDEX
+    work, loss = logits.clone(), torch.empty(10)
+    linear_ce.cross_entropy_rows(work, targets, loss, (targets != IGNORE_INDEX).sum(), write_grad=True,
+                                 one_pass=one_pass, num_warps=4)
+    want = torch.nn.functional.cross_entropy(logits, targets, reduction="none", ignore_index=IGNORE_INDEX)
+    assert rel_err(loss, want) < 1e-6
+    logits.requires_grad_()
+    torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX).backward()
+    assert rel_err(work, logits.grad) < 1e-6 and (work[4] == 0).all()
+
+
+ROWS_SM90_COMPILE = """
+import json, subprocess, sys, tempfile, triton
+from pathlib import Path
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from model.kernels import linear_ce as lc
+
+ptxas = Path(triton.__path__[0]) / "backends" / "nvidia" / "bin" / "ptxas"
+out = {}
+for vocab in (32768, 151936):  # the benchmarks' vocabulary (one pass) and Qwen's (two passes)
+    one_pass = vocab <= lc._ONE_PASS_MAX_V
+    block = triton.next_power_of_2(vocab) if one_pass else lc._BLOCK_V
+    ce = dict(V=vocab, WRITE_GRAD=True, BLOCK_V=block, ONE_PASS=one_pass)
+    signature = {"logits_ptr": "*bf16", "stride_row": "i32", "targets_ptr": "*i64", "loss_ptr": "*fp32",
+                 "n_valid_ptr": "*i64", "ignore_index": "i32"} | dict.fromkeys(ce, "constexpr")
+    aligned = {(i,): [["tt.divisibility", 16]] for i in range(5)}  # as the JIT sees real launches
+    src = ASTSource(fn=lc._cross_entropy_rows_kernel, signature=signature, constexprs=ce, attrs=aligned)
+    warps = lc._ONE_PASS_WARPS if one_pass else 8
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        info = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", f.name, "-o", "/dev/null"],
+                              capture_output=True, text=True, check=True).stderr
+    out[vocab] = {"ptx": ptx, "ptxas": info}
+print(json.dumps(out))
+"""
+
+
+def test_rows_kernel_compiles_for_the_h100_without_spilling() -> None:
+    """The one-pass row kernel holds a 32768-wide row in registers (64 fp32 values a thread at 16 warps);
+    spilling them to local memory would quietly cost more than the second read it saves. Built for
+    sm_90 by Triton's bundled ptxas, here on the CPU, at the launches ``cross_entropy_rows`` makes."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile real kernels
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", ROWS_SM90_COMPILE], env=env, cwd=REPO, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    built = json.loads(result.stdout.splitlines()[-1])
+    for vocab, kernel in built.items():
+        assert "0 bytes spill stores, 0 bytes spill loads" in kernel["ptxas"], (vocab, kernel["ptxas"])
+        # 16-byte accesses: the row is read and written in 8-value vectors.
+        assert "ld.global.v4" in kernel["ptx"] and "st.global.v4" in kernel["ptx"], vocab
 
 
 def test_linear_ce_without_grad_gives_the_same_loss() -> None:

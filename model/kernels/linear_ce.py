@@ -42,31 +42,44 @@ reference = linear_cross_entropy_reference
 # The chunk's three matmuls then have M or K >= 4096 (cuBLAS near peak), and the fp32 read-modify-write
 # of grad_W that each chunk costs (V x D x 8 bytes) stays small next to its 6 x C x V x D flops.
 _CHUNK_ELEMENTS = 1 << 27
-# Vocabulary columns per step of the row kernel: 16 values a thread at 8 warps.
+# Vocabulary columns per step of the two-pass row kernel: 16 values a thread at 8 warps.
 _BLOCK_V = 4096
+# Widest row the one-pass row kernel holds in registers, and its warps: 32768 fp32 values over 16 warps
+# are 64 a thread.
+_ONE_PASS_MAX_V = 32768
+_ONE_PASS_WARPS = 16
 
 
 @triton.jit
 def _cross_entropy_rows_kernel(logits_ptr, stride_row, targets_ptr, loss_ptr, n_valid_ptr, ignore_index,
-                               V: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
+                               V: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+                               ONE_PASS: tl.constexpr):
     """One program per row: loss = logsumexp(row) - row[target]; optionally row <- dloss/drow.
 
     ``V`` is a compile-time constant (one compilation per vocabulary): the loops' trip counts are then
-    fixed, which the CPU interpreter needs. The row is read twice (max/sum, then gradient); a row is
-    64 KiB at V = 32768 in bf16, so the second read often still finds it in L2.
+    fixed, which the CPU interpreter needs. The kernel is bandwidth-bound. With ``ONE_PASS``
+    (``BLOCK_V >= V``) the whole row is held in registers and read from memory once; otherwise it is
+    read twice (max/sum, then gradient), half as much traffic again.
     """
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_row
     target = tl.load(targets_ptr + row)
-    # Online logsumexp: running max m and running sum s of exp(x - m).
-    m = tl.full((), float("-inf"), tl.float32)
-    s = tl.full((), 0.0, tl.float32)
-    for start in range(0, V, BLOCK_V):
-        cols = start + tl.arange(0, BLOCK_V)
+    if ONE_PASS:
+        cols = tl.arange(0, BLOCK_V)
         x = tl.load(row_ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-        m = m_new
+        m = tl.max(x, axis=0)
+        e = tl.exp(x - m)  # x is dead from here: the row lives in registers once
+        s = tl.sum(e, axis=0)
+    else:
+        # Online logsumexp: running max m and running sum s of exp(x - m).
+        m = tl.full((), float("-inf"), tl.float32)
+        s = tl.full((), 0.0, tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            x = tl.load(row_ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
     lse = m + tl.log(s)  # NaN anywhere in the row makes s, and so the loss, NaN
     valid = target != ignore_index
     in_range = (target >= 0) & (target < V)
@@ -78,12 +91,37 @@ def _cross_entropy_rows_kernel(logits_ptr, stride_row, targets_ptr, loss_ptr, n_
     if WRITE_GRAD:
         # 1/n_valid is inf when every target is ignored; no row is valid then, so scale is 0 everywhere.
         scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr).to(tl.float32), 0.0)
-        for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
-            col_ok = cols < V
-            x = tl.load(row_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            grad = (tl.exp(x - lse) - (cols == target).to(tl.float32)) * scale
-            tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=col_ok)
+        if ONE_PASS:
+            cols = tl.arange(0, BLOCK_V)
+            grad = (e * (1.0 / s) - (cols == target).to(tl.float32)) * scale
+            tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=cols < V)
+        else:
+            for start in range(0, V, BLOCK_V):
+                cols = start + tl.arange(0, BLOCK_V)
+                col_ok = cols < V
+                x = tl.load(row_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+                grad = (tl.exp(x - lse) - (cols == target).to(tl.float32)) * scale
+                tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=col_ok)
+
+
+def cross_entropy_rows(logits_CV: torch.Tensor, targets_C: torch.Tensor, loss_C: torch.Tensor,
+                       n_valid: torch.Tensor, *, write_grad: bool, one_pass: bool | None = None,
+                       num_warps: int | None = None) -> None:
+    """Launch :func:`_cross_entropy_rows_kernel` over the rows of ``logits_CV`` (contiguous rows).
+
+    ``one_pass`` and ``num_warps`` default to what ``scripts/bench_ce_rows.py`` measured fastest on the
+    H100; the benchmark passes them to compare.
+    """
+    C, V = logits_CV.shape
+    if one_pass is None:
+        one_pass = V <= _ONE_PASS_MAX_V
+    block_v = triton.next_power_of_2(V) if one_pass else min(_BLOCK_V, triton.next_power_of_2(V))
+    if num_warps is None:
+        num_warps = _ONE_PASS_WARPS if one_pass else 8
+    _cross_entropy_rows_kernel[(C,)](
+        logits_CV, logits_CV.stride(0), targets_C, loss_C, n_valid, IGNORE_INDEX,
+        V=V, WRITE_GRAD=write_grad, BLOCK_V=block_v, ONE_PASS=one_pass, num_warps=num_warps,
+    )
 
 
 def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -128,11 +166,8 @@ def _linear_cross_entropy(
         end = min(start + chunk_rows, N)
         h_CD, chunk_CV = h_ND[start:end], logits_CV[: end - start]
         torch.mm(h_CD, weight_VD.t(), out=chunk_CV)
-        _cross_entropy_rows_kernel[(end - start,)](
-            chunk_CV, chunk_CV.stride(0), targets_N[start:end], loss_N[start:end], n_valid, IGNORE_INDEX,
-            V=V, WRITE_GRAD=need_grad_h or need_grad_w, BLOCK_V=min(_BLOCK_V, triton.next_power_of_2(V)),
-            num_warps=8,
-        )
+        cross_entropy_rows(chunk_CV, targets_N[start:end], loss_N[start:end], n_valid,
+                           write_grad=need_grad_h or need_grad_w)
         if need_grad_h:
             torch.mm(chunk_CV, weight_VD, out=grad_h_ND[start:end])
         if need_grad_w:

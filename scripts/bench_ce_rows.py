@@ -1,0 +1,87 @@
+"""The linear + cross-entropy row kernel alone: one pass or two over each row, and its warps.
+
+    python3 scripts/bench_ce_rows.py --json ce_rows.json    # on the GPU machine
+
+Times :func:`model.kernels.linear_ce.cross_entropy_rows` on one chunk of bf16 logits (the default
+chunk: 4096 rows at a 32768 vocabulary) with ``triton.testing.do_bench`` medians, for each variant:
+the row read twice (max/sum, then gradient) or held in registers and read once, at 8-32 warps.
+It prints the time and the bandwidth counted as one read and one
+write of the chunk, the least any variant can move, so the fastest variant shows the highest figure.
+
+Why: the kernel is bandwidth-bound (PERFORMANCE.md, the 124m profile: 4.3 ms a step in 16 chunks),
+so reading each row once instead of twice is up to a third less time. The winner is
+``cross_entropy_rows``'s default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.decoder import IGNORE_INDEX  # noqa: E402
+from model.kernels import linear_ce  # noqa: E402
+
+
+def variants(vocab: int) -> list[dict]:
+    """The launch settings to compare at ``vocab``; one-pass ones only where the row fits registers."""
+    out = [{"one_pass": False, "num_warps": w} for w in (8, 16)]
+    if vocab <= linear_ce._ONE_PASS_MAX_V:
+        out += [{"one_pass": True, "num_warps": w} for w in (8, 16, 32)]
+    return out
+
+
+def time_launch(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, n_valid: torch.Tensor,
+                settings: dict) -> float:
+    """Median ms of one launch over ``logits`` (overwritten in place each time, which changes no timing)."""
+    from triton.testing import do_bench
+
+    return do_bench(lambda: linear_ce.cross_entropy_rows(logits, targets, loss, n_valid, write_grad=True,
+                                                         **settings), warmup=50, rep=400)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=4096)
+    p.add_argument("--vocabs", type=int, nargs="+", default=[32768, 151936])
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_ce_rows.py times a GPU kernel; run it on the GPU machine")
+    rows = []
+    for vocab in args.vocabs:
+        logits = torch.randn(args.rows, vocab, device="cuda", dtype=torch.bfloat16)
+        targets = torch.randint(0, vocab, (args.rows,), device="cuda")
+        targets[::16] = IGNORE_INDEX
+        n_valid = (targets != IGNORE_INDEX).sum()
+        loss = torch.empty(args.rows, device="cuda")
+        # Every variant against the reference on fresh logits (the kernel overwrites them in place).
+        fresh = logits.clone()
+        want_loss = torch.nn.functional.cross_entropy(fresh.float(), targets, reduction="none",
+                                                      ignore_index=IGNORE_INDEX)
+        for v in variants(vocab):
+            work = fresh.clone()
+            linear_ce.cross_entropy_rows(work, targets, loss, n_valid, write_grad=True, **v)
+            err = ((loss - want_loss).abs().max() / want_loss.abs().max()).item()
+            ms = time_launch(logits, targets, loss, n_valid, v)
+            gbps = 2 * logits.numel() * logits.element_size() / ms / 1e6
+            row = {"vocab": vocab, "rows": args.rows, **v, "ms": ms, "GB/s (1 read + 1 write)": gbps,
+                   "loss_rel_err": err}
+            rows.append(row)
+            print(f"V={vocab:>6} one_pass={v['one_pass']!s:5} warps={v['num_warps']:>2} "
+                  f"{ms * 1e3:8.1f} us  {gbps:7.0f} GB/s  "
+                  f"loss rel err {err:.1e}", flush=True)
+        default = {"one_pass": vocab <= linear_ce._ONE_PASS_MAX_V}
+        print(f"V={vocab}: cross_entropy_rows' default is one_pass={default['one_pass']}", flush=True)
+    if args.json:
+        env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "argv": sys.argv[1:]}
+        Path(args.json).write_text(json.dumps({"env": env, "results": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -119,3 +119,11 @@ def test_kernel_categories_put_every_newton_schulz_kernel_in_its_row() -> None:
     for name in ("_gram_kernel", "_gemm_axpy_kernel", "_gemm_axpy_apply_kernel"):
         assert bench_train.kernel_category(name) == "newton_schulz", name
     assert bench_train.kernel_category("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN") == "matmul"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the script runs its benchmark instead")
+def test_bench_ce_rows_without_a_gpu_says_where_to_run_it() -> None:
+    """It imports the kernel module and its launcher's settings, then stops with a message, not a traceback."""
+    result = run_script("bench_ce_rows.py", "--vocabs", "300")
+    assert result.returncode != 0
+    assert "run it on the GPU machine" in result.stderr and "Traceback" not in result.stderr

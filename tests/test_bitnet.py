@@ -6,16 +6,14 @@ The kernel tests run where Triton runs: on the GPU when there is one, else on th
 the one case (probability ~1e-5 per matrix) where the weight scale may not.
 """
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from sm90 import build_for_h100
 
 from model.bitnet import BitLinear, absmean_scale, bitnet_quant_reference, int8_activation, ternary_weight
 from model.config import from_preset
@@ -28,7 +26,6 @@ if not torch.cuda.is_available():
 from model.kernels import bitnet as kb  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run in these tests
-REPO = Path(__file__).resolve().parent.parent
 DTYPES = [torch.float32, torch.bfloat16]
 VOCAB, SEQ, BATCH = 256, 32, 8
 
@@ -166,12 +163,7 @@ def test_kernels_compile_for_the_h100() -> None:
     """Triton's bundled ptxas builds the kernels for sm_90 at the 124m/350m launch configurations, here
     on the CPU (compiling needs no GPU, only running does), and the IEEE divisions the bit-exactness rests
     on survive into the PTX as ``div.rn`` (Triton's plain ``/`` would be the approximate ``div.full``)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile real kernels
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, cwd=REPO, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    ptx = json.loads(result.stdout.splitlines()[-1])
+    ptx = build_for_h100(SM90_COMPILE)
     assert len(ptx) == 8
     for name, text in ptx.items():
         assert ".target sm_90" in text, name

@@ -6,14 +6,11 @@ holds the tight bf16 bounds on CUDA.
 """
 
 import copy
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from sm90 import build_for_h100
 
 if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("interpreter tests: on a CUDA machine tests/test_gpu_kernels_fused.py runs the kernels "
@@ -30,9 +27,6 @@ from model.kernels import linear_ce, rmsnorm  # noqa: E402
 if not isinstance(rmsnorm._rms_norm_fwd_kernel, InterpretedFunction):
     raise RuntimeError("model.kernels.rmsnorm was imported before TRITON_INTERPRET=1 was set; "
                        "run pytest with TRITON_INTERPRET=1 in the environment")
-
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -236,12 +230,7 @@ def test_rows_kernel_compiles_for_the_h100_without_spilling() -> None:
     """The one-pass row kernel holds a 32768-wide row in registers (64 fp32 values a thread at 16 warps);
     spilling them to local memory would quietly cost more than the second read it saves. Built for
     sm_90 by Triton's bundled ptxas, here on the CPU, at the launches ``cross_entropy_rows`` makes."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile real kernels
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", ROWS_SM90_COMPILE], env=env, cwd=REPO, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    built = json.loads(result.stdout.splitlines()[-1])
+    built = build_for_h100(ROWS_SM90_COMPILE)
     for vocab, kernel in built.items():
         assert "0 bytes spill stores, 0 bytes spill loads" in kernel["ptxas"], (vocab, kernel["ptxas"])
         # 16-byte accesses: the row is read and written in 8-value vectors.

@@ -5,15 +5,12 @@ symmetric products run. The interpreter's fp32 -> bf16 stores truncate instead o
 so bf16 results are checked loosely here; tests/test_gpu_optim.py holds the tight bound on CUDA.
 """
 
-import json
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from sm90 import build_for_h100
 
 if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip(
@@ -288,14 +285,7 @@ def test_kernels_compile_for_the_h100() -> None:
     ``_ns_iterate`` uses (here on the CPU: compiling needs no GPU): on Hopper tensor cores (``wgmma``),
     with the K loop software-pipelined (``cp.async`` prefetch into shared-memory stages) and within
     the 227 KiB of shared memory a block may use."""
-    repo = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile real kernels
-    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", SM90_COMPILE], env=env, cwd=repo, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    built = json.loads(result.stdout.splitlines()[-1])
+    built = build_for_h100(SM90_COMPILE)
     # 10 GEMMs (first step scaled or not), 10 GEMMs that apply the last step (bf16 or fp32
     # parameters), 19 distinct Gram configurations (first step or not, the first A^2's rescue; the
     # A^2 ones repeat per m)

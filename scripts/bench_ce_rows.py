@@ -5,8 +5,8 @@
 Times :func:`model.kernels.linear_ce.cross_entropy_rows` on one chunk of bf16 logits (the default
 chunk: 4096 rows at a 32768 vocabulary) with ``triton.testing.do_bench`` medians, for each variant:
 the row read twice (max/sum, then gradient) or held in registers and read once, at 8-32 warps.
-It prints the time and the bandwidth counted as one read and one
-write of the chunk, the least any variant can move, so the fastest variant shows the highest figure.
+It prints the time and the bandwidth counted as one read and one write of the chunk (the least any
+variant can move), and each variant's loss error against ``F.cross_entropy``.
 
 Why: the kernel is bandwidth-bound (PERFORMANCE.md, the 124m profile: 4.3 ms a step in 16 chunks),
 so reading each row once instead of twice is up to a third less time. The winner is
@@ -60,24 +60,20 @@ def main() -> None:
         targets[::16] = IGNORE_INDEX
         n_valid = (targets != IGNORE_INDEX).sum()
         loss = torch.empty(args.rows, device="cuda")
-        # Every variant against the reference on fresh logits (the kernel overwrites them in place).
-        fresh = logits.clone()
-        want_loss = torch.nn.functional.cross_entropy(fresh.float(), targets, reduction="none",
+        want_loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none",
                                                       ignore_index=IGNORE_INDEX)
         for v in variants(vocab):
-            work = fresh.clone()
+            work = logits.clone()  # the kernel overwrites its logits with their gradient
             linear_ce.cross_entropy_rows(work, targets, loss, n_valid, write_grad=True, **v)
             err = ((loss - want_loss).abs().max() / want_loss.abs().max()).item()
-            ms = time_launch(logits, targets, loss, n_valid, v)
-            gbps = 2 * logits.numel() * logits.element_size() / ms / 1e6
+            ms = time_launch(work, targets, loss, n_valid, v)
+            gbps = 2 * work.numel() * work.element_size() / ms / 1e6
             row = {"vocab": vocab, "rows": args.rows, **v, "ms": ms, "GB/s (1 read + 1 write)": gbps,
                    "loss_rel_err": err}
             rows.append(row)
-            print(f"V={vocab:>6} one_pass={v['one_pass']!s:5} warps={v['num_warps']:>2} "
-                  f"{ms * 1e3:8.1f} us  {gbps:7.0f} GB/s  "
-                  f"loss rel err {err:.1e}", flush=True)
-        default = {"one_pass": vocab <= linear_ce._ONE_PASS_MAX_V}
-        print(f"V={vocab}: cross_entropy_rows' default is one_pass={default['one_pass']}", flush=True)
+            print(f"V={vocab:>6} one_pass={v['one_pass']!s:5} warps={v['num_warps']:>2} {ms * 1e3:8.1f} us  "
+                  f"{gbps:7.0f} GB/s  loss rel err {err:.1e}", flush=True)
+        print(f"V={vocab}: cross_entropy_rows' default is one_pass={vocab <= linear_ce._ONE_PASS_MAX_V}", flush=True)
     if args.json:
         env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "argv": sys.argv[1:]}
         Path(args.json).write_text(json.dumps({"env": env, "results": rows}, indent=1))

@@ -214,7 +214,7 @@ for vocab in (32768, 151936):  # the benchmarks' vocabulary (one pass) and Qwen'
                  "n_valid_ptr": "*i64", "ignore_index": "i32"} | dict.fromkeys(ce, "constexpr")
     aligned = {(i,): [["tt.divisibility", 16]] for i in range(5)}  # as the JIT sees real launches
     src = ASTSource(fn=lc._cross_entropy_rows_kernel, signature=signature, constexprs=ce, attrs=aligned)
-    warps = lc._ONE_PASS_WARPS if one_pass else 8
+    warps = lc._ONE_PASS_WARPS if one_pass else lc._TWO_PASS_WARPS
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
         f.write(ptx)

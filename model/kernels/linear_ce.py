@@ -42,8 +42,9 @@ reference = linear_cross_entropy_reference
 # The chunk's three matmuls then have M or K >= 4096 (cuBLAS near peak), and the fp32 read-modify-write
 # of grad_W that each chunk costs (V x D x 8 bytes) stays small next to its 6 x C x V x D flops.
 _CHUNK_ELEMENTS = 1 << 27
-# Vocabulary columns per step of the two-pass row kernel: 16 values a thread at 8 warps.
+# Vocabulary columns per step of the two-pass row kernel, and its warps: 16 values a thread.
 _BLOCK_V = 4096
+_TWO_PASS_WARPS = 8
 # Widest row the one-pass row kernel holds in registers, and its warps: 32768 fp32 values over 16 warps
 # are 64 a thread.
 _ONE_PASS_MAX_V = 32768
@@ -66,7 +67,8 @@ def _cross_entropy_rows_kernel(logits_ptr, stride_row, targets_ptr, loss_ptr, n_
     target = tl.load(targets_ptr + row)
     if ONE_PASS:
         cols = tl.arange(0, BLOCK_V)
-        x = tl.load(row_ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+        col_ok = cols < V
+        x = tl.load(row_ptr + cols, mask=col_ok, other=float("-inf")).to(tl.float32)
         m = tl.max(x, axis=0)
         e = tl.exp(x - m)  # x is dead from here: the row lives in registers once
         s = tl.sum(e, axis=0)
@@ -91,10 +93,9 @@ def _cross_entropy_rows_kernel(logits_ptr, stride_row, targets_ptr, loss_ptr, n_
     if WRITE_GRAD:
         # 1/n_valid is inf when every target is ignored; no row is valid then, so scale is 0 everywhere.
         scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr).to(tl.float32), 0.0)
-        if ONE_PASS:
-            cols = tl.arange(0, BLOCK_V)
+        if ONE_PASS:  # the row is still in registers (e, cols, col_ok from the first branch)
             grad = (e * (1.0 / s) - (cols == target).to(tl.float32)) * scale
-            tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=cols < V)
+            tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=col_ok)
         else:
             for start in range(0, V, BLOCK_V):
                 cols = start + tl.arange(0, BLOCK_V)
@@ -117,7 +118,7 @@ def cross_entropy_rows(logits_CV: torch.Tensor, targets_C: torch.Tensor, loss_C:
         one_pass = V <= _ONE_PASS_MAX_V
     block_v = triton.next_power_of_2(V) if one_pass else min(_BLOCK_V, triton.next_power_of_2(V))
     if num_warps is None:
-        num_warps = _ONE_PASS_WARPS if one_pass else 8
+        num_warps = _ONE_PASS_WARPS if one_pass else _TWO_PASS_WARPS
     _cross_entropy_rows_kernel[(C,)](
         logits_CV, logits_CV.stride(0), targets_C, loss_C, n_valid, IGNORE_INDEX,
         V=V, WRITE_GRAD=write_grad, BLOCK_V=block_v, ONE_PASS=one_pass, num_warps=num_warps,

@@ -103,6 +103,13 @@ def apply_rope(x_BTNHd: torch.Tensor, cos_THd: torch.Tensor, sin_THd: torch.Tens
     return x_BTNHd * cos + rotate_half(x_BTNHd) * sin
 
 
+def qk_norm_rope_reference(
+    x_BTNHd: torch.Tensor, weight_Hd: torch.Tensor, cos_THd: torch.Tensor, sin_THd: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Qwen3's per-head QK RMSNorm, then RoPE: the signature every fused QK-norm + RoPE kernel shares."""
+    return apply_rope(rms_norm_reference(x_BTNHd, weight_Hd, eps), cos_THd, sin_THd)
+
+
 class Rotary(nn.Module):
     """Holds the RoPE tables as non-persistent fp32 buffers (never saved, rebuilt on load).
 
@@ -150,14 +157,15 @@ class Attention(nn.Module):
         self.o_proj = block_linear(cfg, cfg.n_head * cfg.head_dim, cfg.d_model)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_eps) if cfg.qk_norm else nn.Identity()
+        self.qk_norm_rope: Callable | None = None  # fused QK norm + RoPE kernel (SigmaLM.use_kernels)
 
     def forward(self, x_BTD: torch.Tensor, cos_THd: torch.Tensor, sin_THd: torch.Tensor) -> torch.Tensor:
         B, T, _ = x_BTD.shape
-        q_BTHHd = self.q_norm(self.q_proj(x_BTD).view(B, T, self.n_head, self.head_dim))
-        k_BTKHd = self.k_norm(self.k_proj(x_BTD).view(B, T, self.n_kv_head, self.head_dim))
+        q_BTHHd = self.q_proj(x_BTD).view(B, T, self.n_head, self.head_dim)
+        k_BTKHd = self.k_proj(x_BTD).view(B, T, self.n_kv_head, self.head_dim)
         v_BTKHd = self.v_proj(x_BTD).view(B, T, self.n_kv_head, self.head_dim)
-        q_BTHHd = apply_rope(q_BTHHd, cos_THd, sin_THd)
-        k_BTKHd = apply_rope(k_BTKHd, cos_THd, sin_THd)
+        q_BTHHd = self._norm_rope(self.q_norm, q_BTHHd, cos_THd, sin_THd)
+        k_BTKHd = self._norm_rope(self.k_norm, k_BTKHd, cos_THd, sin_THd)
         # SDPA wants (B, heads, T, Hd). enable_gqa lets the kernel broadcast K/V heads instead of
         # materialising repeat_kv copies; the flag is a Python constant, so compile sees one graph.
         y_BHTHd = F.scaled_dot_product_attention(
@@ -169,6 +177,13 @@ class Attention(nn.Module):
         )
         y_BTD = y_BHTHd.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.o_proj(y_BTD)
+
+    def _norm_rope(self, norm: nn.Module, x_BTNHd: torch.Tensor, cos_THd: torch.Tensor,
+                   sin_THd: torch.Tensor) -> torch.Tensor:
+        """RoPE(norm(x)): one fused kernel when one is installed and there is a QK norm."""
+        if self.qk_norm_rope is not None and isinstance(norm, RMSNorm):
+            return self.qk_norm_rope(x_BTNHd, norm.weight, cos_THd, sin_THd, norm.eps)
+        return apply_rope(norm(x_BTNHd), cos_THd, sin_THd)
 
 
 class MLP(nn.Module):
@@ -223,16 +238,21 @@ class SigmaLM(nn.Module):
         rms_norm: Callable | None = None,
         linear_ce: Callable | None = None,
         bitnet_quant: Callable | None = None,
+        qk_norm_rope: Callable | None = None,
     ) -> "SigmaLM":
         """Swap in kernels with the reference signatures (None keeps the current one). Returns self.
 
         ``rms_norm`` like :func:`rms_norm_reference`, ``linear_ce`` like
         :func:`linear_cross_entropy_reference`, ``bitnet_quant`` like
-        :func:`model.bitnet.bitnet_quant_reference`. Weights and state dict are untouched.
+        :func:`model.bitnet.bitnet_quant_reference`, ``qk_norm_rope`` like
+        :func:`qk_norm_rope_reference` (it then takes the QK norms' place, ``rms_norm`` the block
+        norms'). Weights and state dict are untouched.
         """
         for module in self.modules():
             if rms_norm is not None and isinstance(module, RMSNorm):
                 module.fn = rms_norm
+            if qk_norm_rope is not None and isinstance(module, Attention):
+                module.qk_norm_rope = qk_norm_rope
             if bitnet_quant is not None and isinstance(module, BitLinear):
                 module.quant = bitnet_quant
         if linear_ce is not None:

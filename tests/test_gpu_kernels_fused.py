@@ -1,9 +1,9 @@
-"""CUDA checks of the fused RMSNorm and linear + cross-entropy kernels (skipped without a GPU).
+"""CUDA checks of the fused RMSNorm, QK-norm + RoPE and linear + CE kernels (skipped without a GPU).
 
 Run on the GPU machine with ``pytest -q tests/test_gpu_kernels_fused.py``. Forward and backward
 against the references at realistic widths, bf16 bounds measured against an fp64 ground truth, NaN
 propagation, no host sync, the memory the fused loss saves, and the model under
-``torch.compile(fullgraph=True)`` with both kernels installed.
+``torch.compile(fullgraph=True)`` with the kernels installed.
 """
 
 import copy
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from model.config import ModelConfig
-from model.decoder import IGNORE_INDEX, SigmaLM
-from model.kernels import linear_ce, rmsnorm
+from model.decoder import IGNORE_INDEX, SigmaLM, rope_tables
+from model.kernels import linear_ce, qk_norm_rope, rmsnorm
 
 pytestmark = [
     pytest.mark.gpu,
@@ -99,6 +99,56 @@ def test_rms_norm_nan_row_stays_nan() -> None:
     assert torch.isfinite(y[torch.arange(8, device=CUDA) != 3]).all()
 
 
+# ---------------------------------------------------------------------- QK norm + RoPE
+
+QK_SHAPES = [(4, 512, 6, 128), (2, 256, 16, 64), (2, 100, 4, 96)]
+QK_IDS = ["q_124m", "Hd64", "half_not_power_of_2"]
+
+
+def qk_inputs(shape: tuple[int, ...], dtype: torch.dtype) -> tuple:
+    torch.manual_seed(0)
+    x = (3.0 * torch.randn(shape, device=CUDA)).to(dtype).requires_grad_()
+    weight = (1.0 + 0.1 * torch.randn(shape[-1], device=CUDA)).to(dtype).requires_grad_()
+    cos, sin = rope_tables(shape[-1], 4096, 1e6, CUDA)
+    return x, weight, cos[: shape[1]], sin[: shape[1]]
+
+
+@pytest.mark.parametrize("shape", QK_SHAPES, ids=QK_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_qk_norm_rope_matches_reference(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """dy laid out (B, heads, T, Hd), as the attention backward hands it over."""
+    x, weight, cos, sin = qk_inputs(shape, dtype)
+    y = qk_norm_rope.triton_impl(x, weight, cos, sin, 1e-6)
+    y_ref = qk_norm_rope.reference(x, weight, cos, sin, 1e-6)
+    B, T, N, Hd = shape
+    dy = torch.randn(B, N, T, Hd, device=CUDA, dtype=dtype).transpose(1, 2)
+    dx, dw = torch.autograd.grad(y, (x, weight), dy)
+    dx_ref, dw_ref = torch.autograd.grad(y_ref, (x, weight), dy)
+    assert (y.dtype, dx.dtype, dw.dtype) == (dtype, dtype, dtype)
+    if dtype == torch.float32:
+        assert rel_err(y, y_ref) < 1e-6
+        assert rel_err(dx, dx_ref) < 1e-5
+        assert rel_err(dw, dw_ref) < 1e-5
+    else:
+        # Against the same formula in fp64 from the same inputs: at least as close as the eager reference
+        # (the kernel may fuse a RoPE product into its sum, one rounding fewer; its backward stays fp32).
+        x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+        y64 = qk_norm_rope.reference(x64, w64, cos.double(), sin.double(), 1e-6)
+        dx64, dw64 = torch.autograd.grad(y64, (x64, w64), dy.double())
+        for name, got, want, exact in (("y", y, y_ref, y64), ("dx", dx, dx_ref, dx64), ("dw", dw, dw_ref, dw64)):
+            assert rel_err(got, exact) <= 1.05 * rel_err(want, exact), name
+            assert rel_err(got, exact) < 1e-2, name
+
+
+def test_qk_norm_rope_nan_row_stays_nan() -> None:
+    x, weight, cos, sin = qk_inputs((2, 64, 4, 128), torch.bfloat16)
+    with torch.no_grad():
+        x[1, 5, 2, 70] = float("nan")
+    y = qk_norm_rope.triton_impl(x, weight, cos, sin, 1e-6)
+    assert torch.isnan(y[1, 5, 2]).all()
+    assert torch.isfinite(y).sum().item() == y.numel() - 128
+
+
 # ---------------------------------------------------------------------- linear + cross-entropy
 
 
@@ -168,11 +218,14 @@ def test_linear_ce_never_materialises_the_logits() -> None:
 def test_kernels_do_not_sync_with_the_host() -> None:
     h, weight, targets = ce_inputs(4096, 256, 32768, torch.bfloat16)
     x, norm_weight = rms_inputs((4, 256, 768), torch.bfloat16)
+    q, q_weight, cos, sin = qk_inputs((4, 256, 6, 128), torch.bfloat16)
 
     def step() -> None:
         loss_and_grads(linear_ce.triton_impl, h, weight, targets, chunk_rows=1024)
         y = rmsnorm.triton_impl(x, norm_weight, 1e-6)
         torch.autograd.grad(y, (x, norm_weight), torch.ones_like(y))
+        y = qk_norm_rope.triton_impl(q, q_weight, cos, sin, 1e-6)
+        torch.autograd.grad(y, (q, q_weight), torch.ones_like(y))
 
     step()  # compiles the kernels
     torch.cuda.synchronize()
@@ -188,13 +241,13 @@ def test_kernels_do_not_sync_with_the_host() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_compiled_model_with_kernels_matches_reference_model(dtype: torch.dtype) -> None:
-    """SigmaLM + both kernels under compile(fullgraph=True): loss and gradients as the compiled reference."""
+    """SigmaLM + the kernels under compile(fullgraph=True): loss and gradients as the compiled reference."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=1024, n_layer=2, n_head=4, n_kv_head=2, d_model=256, d_ff=512, head_dim=64,
                       max_seq_len=256)
     ref_model = SigmaLM(cfg).to(CUDA, dtype)
-    model = copy.deepcopy(ref_model).use_kernels(rms_norm=rmsnorm.triton_impl,
-                                                 linear_ce=linear_ce.triton_impl)
+    model = copy.deepcopy(ref_model).use_kernels(rms_norm=rmsnorm.triton_impl, linear_ce=linear_ce.triton_impl,
+                                                 qk_norm_rope=qk_norm_rope.triton_impl)
     compiled, compiled_ref = torch.compile(model, fullgraph=True), torch.compile(ref_model, fullgraph=True)
     idx = torch.randint(0, 1024, (4, 256), device=CUDA)
     targets = torch.randint(0, 1024, (4, 256), device=CUDA)

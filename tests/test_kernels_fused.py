@@ -1,4 +1,4 @@
-"""CPU tests of the fused RMSNorm and linear + cross-entropy Triton kernels (``TRITON_INTERPRET=1``).
+"""CPU tests of the fused RMSNorm, QK-norm + RoPE and linear + CE Triton kernels (``TRITON_INTERPRET=1``).
 
 Tiny shapes: the interpreter runs every program in numpy. Its fp32 -> bf16 casts truncate instead of
 rounding to nearest, so bf16 results here are only checked loosely; tests/test_gpu_kernels_fused.py
@@ -7,6 +7,7 @@ holds the tight bf16 bounds on CUDA.
 
 import copy
 import os
+import re
 
 import pytest
 import torch
@@ -21,8 +22,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from model.config import PRESETS, ModelConfig  # noqa: E402
-from model.decoder import IGNORE_INDEX, SigmaLM  # noqa: E402
-from model.kernels import linear_ce, rmsnorm  # noqa: E402
+from model.decoder import IGNORE_INDEX, SigmaLM, rope_tables  # noqa: E402
+from model.kernels import linear_ce, qk_norm_rope, rmsnorm  # noqa: E402
 
 if not isinstance(rmsnorm._rms_norm_fwd_kernel, InterpretedFunction):
     raise RuntimeError("model.kernels.rmsnorm was imported before TRITON_INTERPRET=1 was set; "
@@ -86,6 +87,122 @@ def test_rms_norm_nan_row_stays_nan() -> None:
 def test_rms_norm_rejects_mismatched_weight() -> None:
     with pytest.raises(ValueError, match="does not match rows of width 32"):
         rmsnorm.triton_impl(torch.randn(2, 32), torch.ones(16), 1e-6)
+
+
+# ---------------------------------------------------------------------- QK norm + RoPE
+
+
+def qk_inputs(B: int, T: int, N: int, Hd: int, dtype: torch.dtype = torch.float32) -> tuple:
+    """Queries or keys, a QK-norm weight, and RoPE tables cut from longer ones (as the model's are)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, N, Hd, generator=generator).to(dtype).requires_grad_()
+    weight = (1.0 + 0.1 * torch.randn(Hd, generator=generator)).to(dtype).requires_grad_()
+    cos, sin = rope_tables(Hd, T + 5, 1e4)
+    return x, weight, cos[:T], sin[:T]
+
+
+def qk_outputs_and_grads(fn, x, weight, cos, sin, dy) -> tuple:
+    y = fn(x, weight, cos, sin, 1e-6)
+    return (y, *torch.autograd.grad(y, (x, weight), dy))
+
+
+@pytest.mark.parametrize("dy_layout", ["contiguous", "heads_first"])
+@pytest.mark.parametrize(
+    "shape", [(2, 5, 3, 16), (2, 7, 2, 24), (1, 30, 4, 8)],
+    ids=["BTNHd", "half_not_power_of_2", "several_backward_programs"],
+)
+def test_qk_norm_rope_fp32_matches_reference(shape, dy_layout: str, monkeypatch) -> None:
+    """dy "heads_first" is laid out (B, N, T, Hd), as the attention backward hands it over."""
+    monkeypatch.setattr(qk_norm_rope, "_TILE_ELEMENTS", 16)  # 4-row tiles: several tiles and programs
+    monkeypatch.setattr(qk_norm_rope, "_BWD_ROWS_PER_PROGRAM", 8)
+    x, weight, cos, sin = qk_inputs(*shape)
+    B, T, N, Hd = shape
+    dy = torch.randn(shape) if dy_layout == "contiguous" else torch.randn(B, N, T, Hd).transpose(1, 2)
+    got = qk_outputs_and_grads(qk_norm_rope.triton_impl, x, weight, cos, sin, dy)
+    want = qk_outputs_and_grads(qk_norm_rope.reference, x, weight, cos, sin, dy)
+    assert got[0].shape == want[0].shape and got[0].dtype == want[0].dtype
+    for name, a, b in zip(("y", "dx", "dweight"), got, want, strict=True):
+        assert rel_err(a, b) < 1e-6, name
+
+
+def test_qk_norm_rope_bf16_close_to_reference() -> None:
+    x, weight, cos, sin = qk_inputs(2, 6, 2, 32, torch.bfloat16)
+    dy = torch.randn(x.shape, dtype=torch.bfloat16)
+    got = qk_outputs_and_grads(qk_norm_rope.triton_impl, x, weight, cos, sin, dy)
+    want = qk_outputs_and_grads(qk_norm_rope.reference, x, weight, cos, sin, dy)
+    assert [t.dtype for t in got] == [torch.bfloat16] * 3
+    # Interpreter truncation costs up to one bf16 ulp (2**-8 relative) per rounding.
+    for name, a, b in zip(("y", "dx", "dweight"), got, want, strict=True):
+        assert rel_err(a, b) < 2e-2, name
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy meeting the NaN on purpose
+def test_qk_norm_rope_nan_row_stays_nan() -> None:
+    x, weight, cos, sin = qk_inputs(1, 4, 2, 8)
+    with torch.no_grad():
+        x[0, 1, 1, 3] = float("nan")
+    y = qk_norm_rope.triton_impl(x, weight, cos, sin, 1e-6)
+    assert torch.isnan(y[0, 1, 1]).all()
+    assert torch.isfinite(y[0, 1, 0]).all() and torch.isfinite(y[0, [0, 2, 3]]).all()
+
+
+def test_qk_norm_rope_rejects_bad_shapes() -> None:
+    x, weight, cos, sin = qk_inputs(1, 4, 2, 8)
+    with pytest.raises(ValueError, match="even head_dim"):
+        qk_norm_rope.triton_impl(x[..., :7], weight[:7], cos[:, :7], sin[:, :7], 1e-6)
+    with pytest.raises(ValueError, match="does not match head_dim 8"):
+        qk_norm_rope.triton_impl(x, weight[:4], cos, sin, 1e-6)
+    with pytest.raises(ValueError, match="RoPE tables"):
+        qk_norm_rope.triton_impl(x, weight, cos[:3], sin[:3], 1e-6)
+    with pytest.raises(ValueError, match="\\(B, T, heads, head_dim\\)"):
+        qk_norm_rope.triton_impl(x[0], weight, cos, sin, 1e-6)
+
+
+QK_SM90_COMPILE = """
+import json, subprocess, tempfile, triton
+from pathlib import Path
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from model.kernels import qk_norm_rope as qk
+
+ptxas = Path(triton.__path__[0]) / "backends" / "nvidia" / "bin" / "ptxas"
+fwd_tile, bwd_tile = qk._tile(128, qk._FWD_PER_THREAD), qk._tile(128, qk._BWD_PER_THREAD)  # presets' head_dim
+tiles = max(1, qk._BWD_ROWS_PER_PROGRAM // bwd_tile[0])
+# Integers the JIT would see divisible by 16 at the presets' shapes get that attribute, as on real launches.
+kernels = {
+    "fwd": (qk._qk_norm_rope_fwd_kernel, ["x_ptr", "w_ptr", "cos_ptr", "sin_ptr", "y_ptr"],
+            ["n_rows", "T", "N", "HALF"], ["eps"], dict(BLOCK_M=fwd_tile[0], BLOCK_H=fwd_tile[1]), fwd_tile[2]),
+    "bwd": (qk._qk_norm_rope_bwd_kernel, ["dy_ptr", "x_ptr", "w_ptr", "cos_ptr", "sin_ptr", "dx_ptr", "dw_partial_ptr"],
+            ["n_rows", "T", "N", "HALF"], ["eps", "s_b", "s_t", "s_n"],
+            dict(BLOCK_M=bwd_tile[0], BLOCK_H=bwd_tile[1], TILES=tiles), bwd_tile[2]),
+}
+out = {}
+for name, (fn, pointers, ints, rest, constexprs, warps) in kernels.items():
+    types = {p: "*fp32" if p in ("cos_ptr", "sin_ptr", "dw_partial_ptr") else "*bf16" for p in pointers}
+    types |= dict.fromkeys(ints, "i32") | {"eps": "fp32"} | dict.fromkeys(rest[1:], "i64") | dict.fromkeys(constexprs, "constexpr")
+    params = list(types)
+    divisible = [p for p in params if p in pointers or p in ("HALF", "s_b", "s_t", "s_n")]
+    attrs = {(params.index(p),): [["tt.divisibility", 16]] for p in divisible}
+    src = ASTSource(fn=fn, signature=types, constexprs=constexprs, attrs=attrs)
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        info = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", f.name, "-o", "/dev/null"],
+                              capture_output=True, text=True, check=True).stderr
+    out[name] = {"ptx": ptx, "ptxas": info}
+print(json.dumps(out))
+"""
+
+
+def test_qk_norm_rope_compiles_for_the_h100_without_spilling() -> None:
+    """Both kernels are bandwidth-bound: built for sm_90 at the presets' head_dim, they must neither spill
+    registers nor fall back to narrow loads and stores of the activations."""
+    for name, kernel in build_for_h100(QK_SM90_COMPILE).items():
+        assert "0 bytes spill stores, 0 bytes spill loads" in kernel["ptxas"], (name, kernel["ptxas"])
+        # Vector accesses (the forward's 4 bf16 a thread are 8-byte ones), never one bf16 at a time.
+        assert "ld.global.v" in kernel["ptx"] and "st.global.v" in kernel["ptx"], name
+        assert not re.search(r"(ld|st)\.global\.[bu]16", kernel["ptx"]), name
 
 
 # ---------------------------------------------------------------------- linear + cross-entropy
@@ -273,13 +390,14 @@ def test_linear_ce_rejects_bad_shapes_and_mixed_dtypes() -> None:
 
 @pytest.mark.parametrize("qk_norm", [True, False])
 def test_model_with_kernels_matches_reference_model(qk_norm: bool) -> None:
-    """SigmaLM with both kernels installed: same loss and gradients (tied head included) as the reference."""
+    """SigmaLM with the three kernels installed: same loss and gradients (tied head included) as the
+    reference. Without a QK norm the QK-norm + RoPE kernel is not used, and RoPE stays the reference's."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=64, head_dim=8,
                       max_seq_len=16, qk_norm=qk_norm)
     ref_model = SigmaLM(cfg)
-    model = copy.deepcopy(ref_model).use_kernels(rms_norm=rmsnorm.triton_impl,
-                                                 linear_ce=linear_ce.triton_impl)
+    model = copy.deepcopy(ref_model).use_kernels(rms_norm=rmsnorm.triton_impl, linear_ce=linear_ce.triton_impl,
+                                                 qk_norm_rope=qk_norm_rope.triton_impl)
     idx = torch.randint(0, 97, (2, 12))
     targets = torch.randint(0, 97, (2, 12))
     targets[0, :4] = IGNORE_INDEX
@@ -295,7 +413,7 @@ def test_model_with_kernels_matches_reference_model(qk_norm: bool) -> None:
 def test_bench_cases_shapes(preset: str) -> None:
     """Every case builds its inputs (on the meta device: no memory) at the benchmark shapes."""
     d_model = {"124m": 768, "350m": 1024}[preset]
-    cases = rmsnorm.bench_cases(preset) + linear_ce.bench_cases(preset)
+    cases = rmsnorm.bench_cases(preset) + linear_ce.bench_cases(preset) + qk_norm_rope.bench_cases(preset)
     assert len({case["name"] for case in cases}) == len(cases)
     for case in cases:
         assert set(case) == {"name", "make_inputs", "triton", "reference", "backward"}
@@ -303,6 +421,10 @@ def test_bench_cases_shapes(preset: str) -> None:
         assert inputs[0].dtype == torch.bfloat16 and inputs[0].requires_grad
         if case["name"].startswith("linear_ce"):
             assert inputs[0].shape == (32 * 2048, d_model) and inputs[1].shape == (32768, d_model)
+            assert case["backward"]
+        elif case["name"].startswith("qk_norm_rope"):
+            assert inputs[0].shape[:2] == (32, 2048) and inputs[0].shape[-1] == PRESETS[preset]["head_dim"]
+            assert inputs[2].shape == inputs[3].shape == (2048, PRESETS[preset]["head_dim"])
             assert case["backward"]
         else:
             assert inputs[0].shape[:2] == (32, 2048) and inputs[0].shape[-1] in (d_model, PRESETS[preset]["head_dim"])

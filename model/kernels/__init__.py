@@ -33,6 +33,7 @@ KERNELS: dict[str, tuple[str, bool]] = {
     "rms_norm": ("rmsnorm", False),
     "linear_ce": ("linear_ce", True),
     "bitnet_quant": ("bitnet", False),
+    "qk_norm_rope": ("qk_norm_rope", False),
 }
 KERNEL_MODES = ("auto", "triton", "torch")
 
@@ -88,9 +89,9 @@ def ns_fn(choices: dict[str, str]) -> Callable | None:
 
 
 def apply_to_model(model: torch.nn.Module, choices: dict[str, str]) -> None:
-    """Install the Triton kernels chosen for the model (RMSNorm, linear + cross-entropy, BitNet).
+    """Install the Triton kernels chosen for the model (RMSNorm, linear + CE, BitNet, QK norm + RoPE).
 
     Ops left on ``"torch"`` keep the model's built-in references, so nothing is imported for them.
     """
-    model.use_kernels(**{op: kernel(op, "triton") for op in ("rms_norm", "linear_ce", "bitnet_quant")
-                         if choices[op] == "triton"})
+    model_ops = ("rms_norm", "linear_ce", "bitnet_quant", "qk_norm_rope")
+    model.use_kernels(**{op: kernel(op, "triton") for op in model_ops if choices[op] == "triton"})

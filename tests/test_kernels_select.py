@@ -34,6 +34,6 @@ def test_unknown_mode_is_a_value_error() -> None:
 
 
 def test_auto_defaults_follow_the_h100_measurements() -> None:
-    """Newton-Schulz (kernel table) and linear + CE (in the training step) beat their compiled
-    references at both preset sizes (PERFORMANCE.md); RMSNorm and the BitNet quantiser do not."""
-    assert {op for op, (_, auto) in kernels.KERNELS.items() if auto} == {"newton_schulz", "linear_ce"}
+    """Newton-Schulz (kernel table), linear + CE and QK norm + RoPE (in the training step) beat their
+    compiled references at both preset sizes (PERFORMANCE.md); RMSNorm and the BitNet quantiser do not."""
+    assert {op for op, (_, auto) in kernels.KERNELS.items() if auto} == {"newton_schulz", "linear_ce", "qk_norm_rope"}

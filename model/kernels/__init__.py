@@ -27,13 +27,15 @@ import torch
 # isolation (1.01-1.02x) but wins in the training step, timed interleaved with the compiled reference
 # in one process (scripts/bench_train.py sigma vs sigma_flip): 125.2 vs 126.2 ms at 124m, 330.8 vs
 # 332.1 ms at 350m, and the loss takes ~4 GB less memory. RMSNorm (0.48-1.33x) and the BitNet
-# quantiser (0.44-1.25x) lose to what Inductor fuses at most shapes, so neither is a default.
+# quantiser (0.44-1.25x) lose to what Inductor fuses at most shapes, so neither is a default. QK norm +
+# RoPE (session 9) wins in the step, interleaved against the compiled reference: 123.7 -> 121.7 ms at
+# 124m, 327.3 -> 325.6 ms at 350m; its isolated fwd+bwd row is host-bound (PERFORMANCE.md).
 KERNELS: dict[str, tuple[str, bool]] = {
     "newton_schulz": ("newton_schulz", True),
     "rms_norm": ("rmsnorm", False),
     "linear_ce": ("linear_ce", True),
     "bitnet_quant": ("bitnet", False),
-    "qk_norm_rope": ("qk_norm_rope", False),
+    "qk_norm_rope": ("qk_norm_rope", True),
 }
 KERNEL_MODES = ("auto", "triton", "torch")
 

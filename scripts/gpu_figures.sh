@@ -3,6 +3,7 @@
 #   scripts/gpu_figures.sh OUT_DIR step      # training step 124m (4 contenders, profile) + optimizer step 124m
 #   scripts/gpu_figures.sh OUT_DIR step350   # training step 350m + kernel table + optimizer step 350m
 #   scripts/gpu_figures.sh OUT_DIR ab        # linear + CE on/off in the step at both sizes; NS vs cuBLAS
+#   scripts/gpu_figures.sh OUT_DIR ab_qk     # QK norm + RoPE kernel on/off in the step at both sizes
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -12,8 +13,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -49,6 +50,12 @@ case $part in
             --flip-ops linear_ce --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_ab.json"
         bench bench_ns_products 100 python3 scripts/bench_ns_products.py --presets 124m 350m \
             --json "$out/ns_products.json"
+        ;;
+    ab_qk)  # the in-step A/B behind --kernels auto's QK norm + RoPE choice
+        bench bench_train_ab_qk_124m 280 python3 scripts/bench_train.py --presets 124m --contenders sigma \
+            sigma_flip --flip-ops qk_norm_rope --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_ab_qk_124m.json"
+        bench bench_train_ab_qk_350m 300 python3 scripts/bench_train.py --presets 350m --contenders sigma \
+            sigma_flip --flip-ops qk_norm_rope --steps 6 --repeats 5 --warmup 3 --json "$out/bench_train_ab_qk_350m.json"
         ;;
     startup)
         bench bench_compile_cache 250 python3 scripts/bench_compile_cache.py --preset 124m \

@@ -167,7 +167,8 @@ def _tile(head_dim: int, per_thread: int) -> tuple[int, int, int]:
 @triton_op("eco_train::qk_norm_rope", mutates_args=())
 def _qk_norm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                   eps: float) -> torch.Tensor:
-    B, T, N, Hd = (int(d) for d in x.shape)  # concrete launch configuration under dynamic shapes
+    B, T, N, _ = x.shape
+    Hd = int(x.shape[-1])  # concrete launch configuration under dynamic shapes (specialises on head_dim)
     x = x.contiguous()
     y = torch.empty(x.shape, dtype=torch.result_type(weight, x), device=x.device)
     block_m, block_h, num_warps = _tile(Hd, _FWD_PER_THREAD)
@@ -181,7 +182,8 @@ def _qk_norm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin:
 @triton_op("eco_train::qk_norm_rope_backward", mutates_args=())
 def _qk_norm_rope_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
                            sin: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    B, T, N, Hd = (int(d) for d in x.shape)
+    B, T, N, _ = x.shape
+    Hd = int(x.shape[-1])
     x = x.contiguous()
     if dy.stride(-1) != 1:
         dy = dy.contiguous()

@@ -28,7 +28,7 @@ The output gradient may arrive with any row strides (the attention backward's la
 dim must be contiguous, else it is copied once.
 
 Shape suffix legend:
-    B  batch, T  positions, N  heads (query or key/value), Hd  head_dim, Hh  head_dim / 2
+    B  batch, T  positions, N  heads (query or key/value), Hd  head_dim (HALF in the kernels: Hd / 2)
     M  rows (B x T x N)
     P  programs of the backward kernel (partial weight-gradient rows)
 """
@@ -57,7 +57,7 @@ _TILE_ELEMENTS = 1024
 _FWD_PER_THREAD = 4
 _BWD_PER_THREAD = 8
 # Rows per backward program: each writes one fp32 partial row of dw (1/256 of the x and dy traffic at
-# Hd = 128), and the 124m/350m shapes still launch >= 1536 programs.
+# Hd = 128), and the 124m/350m shapes still launch >= 1024 programs (~8 an H100 SM).
 _BWD_ROWS_PER_PROGRAM = 256
 _MAX_HEAD_DIM = 1024
 

@@ -73,17 +73,29 @@ def test_run_writes_config_metrics_samples_and_checkpoint(tmp_path):
 
 
 def test_same_seed_same_losses_and_reference(tmp_path):
-    """Two runs with one seed give identical per-step losses, equal to the stored reference run."""
+    """Two runs with one seed give identical per-step losses, equal to the stored reference run.
+
+    Bit for bit only on a CPU of the reference's SIMD level: torch picks other matmul and reduction
+    kernels for AVX-512 than for AVX2, and they round differently (the first step agrees exactly; over
+    12 steps the losses drift apart by up to 2e-4 relative). Elsewhere the losses must stay within 1e-3.
+    """
     _, a, _ = train(tmp_path, name="a")
     _, b, _ = train(tmp_path, name="b")
     losses = step_losses(a)
     assert losses == step_losses(b)
+    capability = torch.backends.cpu.get_cpu_capability()
     if os.environ.get("ECO_TRAIN_REGEN_REFERENCE") == "1":
         REFERENCE.parent.mkdir(exist_ok=True)
-        REFERENCE.write_text(json.dumps({"args": TINY, "torch": torch.__version__, "losses": losses}, indent=1))
+        REFERENCE.write_text(json.dumps({"args": TINY, "torch": torch.__version__, "cpu_capability": capability,
+                                         "losses": losses}, indent=1))
     ref = json.loads(REFERENCE.read_text())
     assert ref["args"] == TINY, "the reference was made with other settings: regenerate it"
-    assert losses == ref["losses"], "per-step losses moved: a change altered the maths of a tiny run"
+    if ref["cpu_capability"] == capability:
+        assert losses == ref["losses"], "per-step losses moved: a change altered the maths of a tiny run"
+    else:
+        drift = max(abs(x - y) / abs(y) for x, y in zip(losses, ref["losses"], strict=True))
+        assert drift < 1e-3, (f"per-step losses moved by {drift:.1e} relative (reference made on {ref['cpu_capability']}, "
+                              f"this CPU is {capability}): a change altered the maths of a tiny run")
 
 
 def test_other_seed_differs(tmp_path):

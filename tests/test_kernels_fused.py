@@ -159,13 +159,10 @@ def test_qk_norm_rope_rejects_bad_shapes() -> None:
 
 
 QK_SM90_COMPILE = """
-import json, subprocess, tempfile, triton
-from pathlib import Path
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import json
 from model.kernels import qk_norm_rope as qk
+from tests.sm90 import ptx_and_ptxas
 
-ptxas = Path(triton.__path__[0]) / "backends" / "nvidia" / "bin" / "ptxas"
 fwd_tile, bwd_tile = qk._tile(128, qk._FWD_PER_THREAD), qk._tile(128, qk._BWD_PER_THREAD)  # presets' head_dim
 tiles = max(1, qk._BWD_ROWS_PER_PROGRAM // bwd_tile[0])
 # Integers the JIT would see divisible by 16 at the presets' shapes get that attribute, as on real launches.
@@ -183,14 +180,7 @@ for name, (fn, pointers, ints, rest, constexprs, warps) in kernels.items():
     params = list(types)
     divisible = [p for p in params if p in pointers or p in ("HALF", "s_b", "s_t", "s_n")]
     attrs = {(params.index(p),): [["tt.divisibility", 16]] for p in divisible}
-    src = ASTSource(fn=fn, signature=types, constexprs=constexprs, attrs=attrs)
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-        f.write(ptx)
-        f.flush()
-        info = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", f.name, "-o", "/dev/null"],
-                              capture_output=True, text=True, check=True).stderr
-    out[name] = {"ptx": ptx, "ptxas": info}
+    out[name] = ptx_and_ptxas(fn, types, constexprs, attrs, warps)
 print(json.dumps(out))
 """
 
@@ -315,13 +305,10 @@ def test_rows_kernel_gives_cross_entropy_and_its_gradient(one_pass: bool) -> Non
 
 
 ROWS_SM90_COMPILE = """
-import json, subprocess, sys, tempfile, triton
-from pathlib import Path
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import json, triton
 from model.kernels import linear_ce as lc
+from tests.sm90 import ptx_and_ptxas
 
-ptxas = Path(triton.__path__[0]) / "backends" / "nvidia" / "bin" / "ptxas"
 out = {}
 for vocab in (32768, 151936):  # the benchmarks' vocabulary (one pass) and Qwen's (two passes)
     one_pass = vocab <= lc._ONE_PASS_MAX_V
@@ -330,15 +317,8 @@ for vocab in (32768, 151936):  # the benchmarks' vocabulary (one pass) and Qwen'
     signature = {"logits_ptr": "*bf16", "stride_row": "i32", "targets_ptr": "*i64", "loss_ptr": "*fp32",
                  "n_valid_ptr": "*i64", "ignore_index": "i32"} | dict.fromkeys(ce, "constexpr")
     aligned = {(i,): [["tt.divisibility", 16]] for i in range(5)}  # as the JIT sees real launches
-    src = ASTSource(fn=lc._cross_entropy_rows_kernel, signature=signature, constexprs=ce, attrs=aligned)
     warps = lc._ONE_PASS_WARPS if one_pass else lc._TWO_PASS_WARPS
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-        f.write(ptx)
-        f.flush()
-        info = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", f.name, "-o", "/dev/null"],
-                              capture_output=True, text=True, check=True).stderr
-    out[vocab] = {"ptx": ptx, "ptxas": info}
+    out[vocab] = ptx_and_ptxas(lc._cross_entropy_rows_kernel, signature, ce, aligned, warps)
 print(json.dumps(out))
 """
 

@@ -165,21 +165,23 @@ from tests.sm90 import ptx_and_ptxas
 
 fwd_tile, bwd_tile = qk._tile(128, qk._FWD_PER_THREAD), qk._tile(128, qk._BWD_PER_THREAD)  # presets' head_dim
 tiles = max(1, qk._BWD_ROWS_PER_PROGRAM // bwd_tile[0])
-# Integers the JIT would see divisible by 16 at the presets' shapes get that attribute, as on real launches.
+# The pointers (and their dtypes), then the strides; both kernels also take n_rows, T, N, HALF and eps.
 kernels = {
-    "fwd": (qk._qk_norm_rope_fwd_kernel, ["x_ptr", "w_ptr", "cos_ptr", "sin_ptr", "y_ptr"],
-            ["n_rows", "T", "N", "HALF"], ["eps"], dict(BLOCK_M=fwd_tile[0], BLOCK_H=fwd_tile[1]), fwd_tile[2]),
-    "bwd": (qk._qk_norm_rope_bwd_kernel, ["dy_ptr", "x_ptr", "w_ptr", "cos_ptr", "sin_ptr", "dx_ptr", "dw_partial_ptr"],
-            ["n_rows", "T", "N", "HALF"], ["eps", "s_b", "s_t", "s_n"],
-            dict(BLOCK_M=bwd_tile[0], BLOCK_H=bwd_tile[1], TILES=tiles), bwd_tile[2]),
+    "fwd": (qk._qk_norm_rope_fwd_kernel, dict(x_ptr="*bf16", w_ptr="*bf16", cos_ptr="*fp32", sin_ptr="*fp32",
+                                               y_ptr="*bf16"), {},
+            dict(BLOCK_M=fwd_tile[0], BLOCK_H=fwd_tile[1]), fwd_tile[2]),
+    "bwd": (qk._qk_norm_rope_bwd_kernel, dict(dy_ptr="*bf16", x_ptr="*bf16", w_ptr="*bf16", cos_ptr="*fp32",
+                                               sin_ptr="*fp32", dx_ptr="*bf16", dw_partial_ptr="*fp32"),
+            dict(s_b="i64", s_t="i64", s_n="i64"), dict(BLOCK_M=bwd_tile[0], BLOCK_H=bwd_tile[1], TILES=tiles),
+            bwd_tile[2]),
 }
 out = {}
-for name, (fn, pointers, ints, rest, constexprs, warps) in kernels.items():
-    types = {p: "*fp32" if p in ("cos_ptr", "sin_ptr", "dw_partial_ptr") else "*bf16" for p in pointers}
-    types |= dict.fromkeys(ints, "i32") | {"eps": "fp32"} | dict.fromkeys(rest[1:], "i64") | dict.fromkeys(constexprs, "constexpr")
+for name, (fn, pointers, strides, constexprs, warps) in kernels.items():
+    sizes = dict(n_rows="i32", T="i32", N="i32", HALF="i32", eps="fp32")
+    types = pointers | sizes | strides | dict.fromkeys(constexprs, "constexpr")
+    # What the JIT sees at the presets' shapes: 16-byte aligned pointers; HALF and strides divisible by 16.
     params = list(types)
-    divisible = [p for p in params if p in pointers or p in ("HALF", "s_b", "s_t", "s_n")]
-    attrs = {(params.index(p),): [["tt.divisibility", 16]] for p in divisible}
+    attrs = {(params.index(p),): [["tt.divisibility", 16]] for p in [*pointers, "HALF", *strides]}
     out[name] = ptx_and_ptxas(fn, types, constexprs, attrs, warps)
 print(json.dumps(out))
 """

@@ -40,11 +40,11 @@ from collections.abc import Callable
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
-from triton.runtime.jit import JITFunction
+from torch.library import triton_op
 
 from model.config import PRESETS
 from model.decoder import qk_norm_rope_reference, rope_tables
+from model.kernels.launch import launcher
 
 reference = qk_norm_rope_reference
 
@@ -150,11 +150,6 @@ def _qk_norm_rope_bwd_kernel(dy_ptr, x_ptr, w_ptr, cos_ptr, sin_ptr, dx_ptr, dw_
     tl.store(partial + HALF + cols, tl.sum(dw2, axis=0), mask=col_ok)
 
 
-def _launcher(kernel):
-    """``wrap_triton(kernel)`` for torch.compile; the interpreter's kernels (CPU tests) launch as they are."""
-    return wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
-
-
 def _tile(head_dim: int, per_thread: int) -> tuple[int, int, int]:
     """``(BLOCK_M, BLOCK_H, num_warps)``: whole half-rows, ~_TILE_ELEMENTS a half-tile, ``per_thread``
     elements of each half a thread."""
@@ -173,7 +168,7 @@ def _qk_norm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin:
     y = torch.empty(x.shape, dtype=torch.result_type(weight, x), device=x.device)
     block_m, block_h, num_warps = _tile(Hd, _FWD_PER_THREAD)
     M = B * T * N
-    _launcher(_qk_norm_rope_fwd_kernel)[(triton.cdiv(M, block_m),)](
+    launcher(_qk_norm_rope_fwd_kernel)[(triton.cdiv(M, block_m),)](
         x, weight, cos, sin, y, M, T, N, Hd // 2, eps, BLOCK_M=block_m, BLOCK_H=block_h, num_warps=num_warps
     )
     return y
@@ -193,7 +188,7 @@ def _qk_norm_rope_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     tiles = max(1, _BWD_ROWS_PER_PROGRAM // block_m)
     P = triton.cdiv(M, block_m * tiles)
     dw_partial_PHd = torch.empty((P, Hd), dtype=torch.float32, device=x.device)
-    _launcher(_qk_norm_rope_bwd_kernel)[(P,)](
+    launcher(_qk_norm_rope_bwd_kernel)[(P,)](
         dy, x, weight, cos, sin, dx, dw_partial_PHd, M, T, N, Hd // 2, eps,
         dy.stride(0), dy.stride(1), dy.stride(2),
         BLOCK_M=block_m, BLOCK_H=block_h, TILES=tiles, num_warps=num_warps,

@@ -27,11 +27,11 @@ from collections.abc import Callable
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
-from triton.runtime.jit import JITFunction
+from torch.library import triton_op
 
 from model.config import PRESETS
 from model.decoder import rms_norm_reference
+from model.kernels.launch import launcher
 
 reference = rms_norm_reference
 
@@ -92,15 +92,6 @@ def _rms_norm_bwd_kernel(dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr,
     tl.store(dw_partial_ptr + pid * D + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
 
 
-def _launcher(kernel):
-    """``wrap_triton(kernel)``, which lets torch.compile trace the launch into its graph.
-
-    Under ``TRITON_INTERPRET=1`` (the CPU tests) ``triton.jit`` returns an interpreter object that
-    ``wrap_triton`` rejects; those run eagerly anyway, so they are launched as they are.
-    """
-    return wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
-
-
 def _tile(D: int) -> tuple[int, int, int]:
     """``(BLOCK_M, BLOCK_D, num_warps)`` for rows of width ``D``: whole rows, ~_TILE_ELEMENTS a tile."""
     if D > _MAX_WIDTH:
@@ -120,7 +111,7 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.
     y_MD = torch.empty(x_MD.shape, dtype=torch.result_type(weight, x), device=x.device)
     rstd_M = torch.empty(M, dtype=torch.float32, device=x.device)
     block_m, block_d, num_warps = _tile(D)
-    _launcher(_rms_norm_fwd_kernel)[(triton.cdiv(M, block_m),)](
+    launcher(_rms_norm_fwd_kernel)[(triton.cdiv(M, block_m),)](
         x_MD, weight, y_MD, rstd_M, M, D, eps, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps
     )
     return y_MD.view(x.shape), rstd_M
@@ -139,7 +130,7 @@ def _rms_norm_backward(
     tiles = max(1, _BWD_ROWS_PER_PROGRAM // block_m)
     P = triton.cdiv(M, block_m * tiles)
     dw_partial_PD = torch.empty((P, D), dtype=torch.float32, device=x.device)
-    _launcher(_rms_norm_bwd_kernel)[(P,)](
+    launcher(_rms_norm_bwd_kernel)[(P,)](
         dy_MD, x_MD, weight, rstd_M, dx_MD, dw_partial_PD, M, D,
         BLOCK_M=block_m, BLOCK_D=block_d, TILES=tiles, num_warps=num_warps,
     )

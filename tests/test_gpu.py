@@ -62,6 +62,7 @@ def test_trainer_end_to_end_on_cuda(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "[sigma] device=cuda" in r.stdout and "[sigma] dtype=bfloat16" in r.stdout
+    assert "[sigma] ns_dtype=bfloat16" in r.stdout
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     end = records[-1]
     assert end["event"] == "end" and end["heldout_loss_drop"] > 0.3

@@ -3,6 +3,7 @@
 import sys
 
 import pytest
+import torch
 
 from training.hardware import resolve_profile
 
@@ -19,3 +20,10 @@ def test_frozen_binary_refuses_compile_on_the_cpu_with_the_fix(monkeypatch) -> N
     with pytest.raises(RuntimeError, match="frozen binary.*fix: use --compile auto or off"):
         resolve_profile(compile_mode="on", **CPU_FLAGS)
     assert not resolve_profile(compile_mode="auto", **CPU_FLAGS).compile  # the default still runs
+
+
+def test_newton_schulz_runs_in_fp32_on_the_cpu() -> None:
+    """Most CPUs emulate bf16 matmuls (9x slower than fp32 on an AVX2 EPYC), so the CPU profile
+    orthogonalizes in fp32; CUDA keeps bf16 (tests/test_gpu.py)."""
+    hw = resolve_profile(compile_mode="auto", **CPU_FLAGS)
+    assert hw.ns_dtype == torch.float32 and hw.startup_fields()["ns_dtype"] == "float32"

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ from training.optim.newton_schulz import (
     check_instant_inversion,
     instant_inversion_selftest,
     ns_coefficient_set,
+    zeropower_via_newtonschulz,
 )
 from training.saver import Saver
 from training.schedules import lr_multiplier, muon_momentum
@@ -327,7 +329,8 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     model = build_model(cfg, tok.get_vocab_size(), hw, ckpt["state"] if ckpt else None)
     kernel_choices = kernels.resolve(cfg.hardware.kernels, hw.device, compile=hw.compile)
     kernels.apply_to_model(model, kernel_choices)
-    ns_kernel = kernels.ns_fn(kernel_choices)
+    # The Triton kernel where chosen, else the PyTorch iteration in the profile's dtype (fp32 on the CPU).
+    ns_kernel = kernels.ns_fn(kernel_choices) or partial(zeropower_via_newtonschulz, dtype=hw.ns_dtype)
     opt = build_optimizers(
         model, lr=cfg.optim.lr, muon_lr=cfg.optim.muon_lr, weight_decay=cfg.optim.weight_decay,
         betas=(0.9, 0.95), c3o_state_dtype=hw.c3o_state_dtype, c3o_cautious=cfg.optim.c3o_cautious,
@@ -362,7 +365,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     # The self-test runs the very iteration Muon uses: same kernel, steps, coefficients and dtype.
     inversion = instant_inversion_selftest(steps=DEFAULT_NS_STEPS,
                                            coefficients=ns_coefficient_set(cfg.optim.ns_coefficients),
-                                           dtype=torch.bfloat16, device=hw.device, ns_fn=ns_kernel)
+                                           dtype=hw.ns_dtype, device=hw.device, ns_fn=ns_kernel)
     check_instant_inversion(inversion)
     if hw.compile:
         # The model, its eval graph and Muon/C3O's per-shape update functions compile in this process.

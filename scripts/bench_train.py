@@ -15,6 +15,7 @@ step, and random tokens already on the GPU (no data cost), it times:
 * ``sigma_adamw`` the same model and kernels with fused AdamW, to show what Muon + C3O add per step.
 * ``sigma_flip``  ``sigma`` with the kernel choice of the ops in ``--flip-ops`` reversed (Triton <-> the
                  compiled reference): the in-step A/B that decides what ``--kernels auto`` picks.
+* ``sigma_fp8``   ``sigma`` with the fused linear + CE's FP8 matmuls (the trainer's ``--fp8-lm-head on``).
 
 All contenders of a preset are built and warmed up first (compilation and warm-up excluded), then
 timed in turns: ``--repeats`` rounds, each one window of ``--steps`` steps (CUDA events) per
@@ -69,7 +70,7 @@ from model.hf_compat import config_to_hf  # noqa: E402
 from training.metrics import ResourceSampler  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
-CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip")
+CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8")
 BASELINES = ("hf_qwen3", "plain")
 
 
@@ -139,7 +140,7 @@ class PlainLM(nn.Module):
 # ---------------------------------------------------------------------------- contenders
 
 
-SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip")
+SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip", "sigma_fp8")
 
 
 def build(
@@ -207,8 +208,8 @@ def build(
         p.data = p.data.to(param_dtype)
     if start is not None:
         model.load_state_dict(start)
-    choices = flipped_choices(args, device) if name == "sigma_flip" else kernel_choices(args, device)
-    kernels.apply_to_model(model, choices)
+    choices = {"sigma_flip": flipped_choices, "sigma_fp8": fp8_choices}.get(name, kernel_choices)(args, device)
+    kernels.apply_to_model(model, choices, fp8_lm_head=name == "sigma_fp8")
     if name != "sigma_adamw":
         pair = build_optimizers(
             model, lr=args.c3o_lr, muon_lr=args.muon_lr, weight_decay=0.0, betas=(0.9, 0.95),
@@ -255,10 +256,15 @@ def flipped_choices(args: argparse.Namespace, device: torch.device) -> dict[str,
             for op, mode in kernel_choices(args, device).items()}
 
 
+def fp8_choices(args: argparse.Namespace, device: torch.device) -> dict[str, str]:
+    """``sigma_fp8``'s kernels: :func:`kernel_choices` with the fused linear + CE, which holds the FP8 head."""
+    return {**kernel_choices(args, device), "linear_ce": "triton"}
+
+
 def check_kernels_can_run(args: argparse.Namespace, device: torch.device) -> None:
     """Exit with the reason and the fix if a contender would run a Triton kernel where none can run.
 
-    ``--triton-ops`` and ``sigma_flip`` choose Triton kernels without ``kernels.resolve``'s checks; on
+    ``--triton-ops``, ``sigma_flip`` and ``sigma_fp8`` choose Triton kernels without ``kernels.resolve``'s checks; on
     the CPU they need ``TRITON_INTERPRET=1`` and ``--compile off``.
     """
     try:
@@ -267,6 +273,8 @@ def check_kernels_can_run(args: argparse.Namespace, device: torch.device) -> Non
         raise SystemExit(str(e)) from None
     if "sigma_flip" in args.contenders:
         sets["sigma_flip"] = (flipped_choices(args, device), "leave sigma_flip out of --contenders")
+    if "sigma_fp8" in args.contenders:
+        sets["sigma_fp8"] = (fp8_choices(args, device), "leave sigma_fp8 out of --contenders")
     usable, reason = kernels.triton_status(device)
     for who, (choices, other_fix) in sets.items():
         ops = sorted(op for op, mode in choices.items() if mode == "triton")

@@ -4,6 +4,9 @@
 #   scripts/gpu_figures.sh OUT_DIR step350   # training step 350m + kernel table + optimizer step 350m
 #   scripts/gpu_figures.sh OUT_DIR ab        # linear + CE on/off in the step at both sizes; NS vs cuBLAS
 #   scripts/gpu_figures.sh OUT_DIR ab_qk     # QK norm + RoPE kernel on/off in the step at both sizes
+#   scripts/gpu_figures.sh OUT_DIR fp8       # FP8 LM head: linear + CE kernel rows, and in the step at 124m
+#   scripts/gpu_figures.sh OUT_DIR fp8_350   # FP8 LM head in the step at 350m
+#   scripts/gpu_figures.sh OUT_DIR fp8_quality # 124m, 300 steps on the seed corpus, bf16 head then FP8 head
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -13,8 +16,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -56,6 +59,29 @@ case $part in
             sigma_flip --flip-ops qk_norm_rope --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_ab_qk_124m.json"
         bench bench_train_ab_qk_350m 300 python3 scripts/bench_train.py --presets 350m --contenders sigma \
             sigma_flip --flip-ops qk_norm_rope --steps 6 --repeats 5 --warmup 3 --json "$out/bench_train_ab_qk_350m.json"
+        ;;
+    fp8)  # the FP8 LM head (--fp8-lm-head): the linear + CE rows, then in the step against the baseline
+        bench bench_kernels_linear_ce 150 python3 scripts/bench_kernels.py --presets 124m 350m --ops linear_ce \
+            --json "$out/kernels_linear_ce.json"
+        bench bench_train_fp8_124m 400 python3 scripts/bench_train.py --presets 124m --contenders plain sigma \
+            sigma_fp8 --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_124m.json" --profile "$out" \
+            --profile-contenders sigma_fp8
+        ;;
+    fp8_350)
+        bench bench_train_fp8_350m 560 python3 scripts/bench_train.py --presets 350m --contenders plain sigma \
+            sigma_fp8 --steps 6 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_350m.json"
+        ;;
+    fp8_quality)  # same seed, data and schedule; only --fp8-lm-head differs. Losses side by side at the end.
+        job=(@train_sigma_args.txt --model-preset 124m --steps 300 --seq-len 2048 --batch-size 32 --grad-accum 1
+             --log-every 10 --eval-every 100 --eval-batches 8 --sample-every 0 --warmup-steps 30
+             --data-backend seed --save-every 0 --resume never)
+        for head in off on; do
+            bench "quality_fp8_$head" 280 python3 train_sigma.py "${job[@]}" --fp8-lm-head "$head" \
+                --output-dir "/tmp/run_fp8_$head" --checkpoint-dir "/tmp/ck_fp8_$head"
+            cp "/tmp/run_fp8_$head/metrics.jsonl" "$out/quality_fp8_${head}_metrics.jsonl"
+        done
+        python3 scripts/compare_runs.py "$out/quality_fp8_off_metrics.jsonl" "$out/quality_fp8_on_metrics.jsonl" \
+            | tee "$out/quality_fp8_compare.txt"
         ;;
     startup)
         bench bench_compile_cache 250 python3 scripts/bench_compile_cache.py --preset 124m \

@@ -127,3 +127,22 @@ def test_bench_ce_rows_without_a_gpu_says_where_to_run_it() -> None:
     result = run_script("bench_ce_rows.py", "--vocabs", "300")
     assert result.returncode != 0
     assert "run it on the GPU machine" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compare_runs_prints_both_runs_losses_side_by_side(tmp_path) -> None:
+    def write(name: str, losses: list[float], heldout: float, speed: float):
+        records = [{"event": "startup", "step": 0}, {"event": "eval", "step": 0, "heldout_loss": 9.0}]
+        records += [{"event": "step", "step": i + 1, "loss": loss, "core_tokens_per_s": speed * (i + 1 > 1)}
+                    for i, loss in enumerate(losses)]
+        records += [{"event": "eval", "step": len(losses), "heldout_loss": heldout}, {"event": "end", "step": 3}]
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        return str(path)
+
+    result = run_script("compare_runs.py", write("a", [8.0, 6.0, 4.0], 4.5, 100.0),
+                        write("b", [8.0, 6.3, 4.2], 4.6, 110.0))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "     3    4.0000    4.2000    +5.00%" in lines
+    assert "     3    4.5000    4.6000    +2.22%" in lines and "     0    9.0000    9.0000    +0.00%" in lines
+    assert "b: median core tokens/s 110 over 2 records" in lines

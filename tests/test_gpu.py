@@ -70,6 +70,23 @@ def test_trainer_end_to_end_on_cuda(tmp_path):
     assert all(s["mfu"] is None or 0 < s["mfu"] < 1 for s in steps)
 
 
+def test_trainer_with_fp8_lm_head_on_cuda(tmp_path):
+    """``--fp8-lm-head on`` through the real CLI: reported at start-up, and the model still learns."""
+    r = subprocess.run(
+        [sys.executable, str(REPO / "train_sigma.py"), "--model-preset", "tiny", "--steps", "30",
+         "--warmup-steps", "5", "--seq-len", "128", "--batch-size", "16", "--vocab-size", "1024",
+         "--tokenizer-train-chars", "300000", "--eval-every", "0", "--fp8-lm-head", "on",
+         "--output-dir", str(tmp_path / "run"), "--checkpoint-dir", str(tmp_path / "ck")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[sigma] fp8_lm_head_active=1" in r.stdout
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    (startup,) = [x for x in records if x["event"] == "startup"]
+    assert startup["fp8_lm_head_active"] == 1 and startup["kernels"]["linear_ce"] == "triton"
+    assert records[-1]["event"] == "end" and records[-1]["heldout_loss_drop"] > 0.3
+
+
 def _tiny_session(tmp_path, *extra: str):
     from training.cli import parse_args
     from training.config import RunConfig

@@ -145,3 +145,16 @@ def test_readme_cpu_main_job(tmp_path):
     startup = next(rec for rec in records if rec["event"] == "startup")
     assert startup["time_to_first_step_s"] < 60
     assert records[-1]["event"] == "end" and records[-1]["heldout_loss_drop"] >= 0.30
+
+
+def test_fp8_lm_head_without_the_fused_kernel_fails_at_start_up_with_the_fix(tmp_path):
+    """On the CPU ``--kernels auto`` keeps the PyTorch loss, which has no FP8 head: the run stops before
+    its first step, says why and what to do, and leaves a crash report; no checkpoint is written."""
+    out = tmp_path / "run"
+    r = run_eco_train(*TINY, "--fp8-lm-head", "on", "--output-dir", str(out), "--checkpoint-dir",
+                      str(out / "checkpoints"), cwd=tmp_path)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "--fp8-lm-head on: the FP8 LM head is part of the fused linear + CE kernel" in r.stderr
+    assert "--fp8-lm-head off" in r.stderr
+    assert (out / "errors" / "crash_step_0.json").is_file()
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").glob("step_*"))

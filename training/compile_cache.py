@@ -46,6 +46,7 @@ class CompileCache:
             "seq_len": cfg.model.seq_len,
             "batch_size": cfg.loop.batch_size,
             "kernels": cfg.hardware.kernels,
+            "fp8_lm_head": cfg.hardware.fp8_lm_head,
             "dtype": str(hw.param_dtype),
         }
         key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]

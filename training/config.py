@@ -27,6 +27,8 @@ class HardwareConfig:
     """auto | triton | torch: which kernels run (see model.kernels)."""
     compile_cache: bool = True
     """persist torch.compile's cache next to the checkpoints."""
+    fp8_lm_head: bool = False
+    """FP8 matmuls in the fused LM head + cross-entropy (model.kernels.linear_ce.triton_impl_fp8)."""
 
 
 @dataclass
@@ -124,7 +126,8 @@ class RunConfig:
         """Build from flags already validated by training.cli."""
         return cls(
             hardware=HardwareConfig(device=ns.device, profile=ns.hardware_profile, compile=ns.compile,
-                                    kernels=ns.kernels, compile_cache=ns.compile_cache),
+                                    kernels=ns.kernels, compile_cache=ns.compile_cache,
+                                    fp8_lm_head=ns.fp8_lm_head),
             model=ModelSpec(preset=ns.model_preset, seq_len=ns.seq_len, init_from=ns.init_from,
                             bitnet=ns.bitnet_1_58),
             tokenizer=TokenizerConfig(path=ns.tokenizer, vocab_size=ns.vocab_size,

@@ -90,10 +90,31 @@ def ns_fn(choices: dict[str, str]) -> Callable | None:
     return kernel("newton_schulz", "triton") if choices["newton_schulz"] == "triton" else None
 
 
-def apply_to_model(model: torch.nn.Module, choices: dict[str, str]) -> None:
+def apply_to_model(model: torch.nn.Module, choices: dict[str, str], *, fp8_lm_head: bool = False) -> None:
     """Install the Triton kernels chosen for the model (RMSNorm, linear + CE, BitNet, QK norm + RoPE).
 
     Ops left on ``"torch"`` keep the model's built-in references, so nothing is imported for them.
+    ``fp8_lm_head``: the fused linear + CE with FP8 matmuls (``--fp8-lm-head``). It needs that kernel and,
+    on CUDA, an FP8 GPU; the CPU runs it (slowly, under ``TRITON_INTERPRET=1``) for the tests. Raises
+    ``RuntimeError`` naming the fix otherwise.
     """
     model_ops = ("rms_norm", "linear_ce", "bitnet_quant", "qk_norm_rope")
-    model.use_kernels(**{op: kernel(op, "triton") for op in model_ops if choices[op] == "triton"})
+    chosen = {op: kernel(op, "triton") for op in model_ops if choices[op] == "triton"}
+    if fp8_lm_head:
+        from model.fp8 import FP8_DIM_MULTIPLE, fp8_supported
+
+        device = next(model.parameters()).device
+        if "linear_ce" not in chosen:
+            raise RuntimeError("--fp8-lm-head on: the FP8 LM head is part of the fused linear + CE kernel, which "
+                               f"this run does not use (linear_ce={choices['linear_ce']}). Use --kernels auto on "
+                               "a GPU, or --fp8-lm-head off.")
+        if device.type == "cuda" and not fp8_supported(device):
+            raise RuntimeError(f"--fp8-lm-head on needs FP8 tensor cores (compute capability 8.9 or later); "
+                               f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}. "
+                               "Use --fp8-lm-head off.")
+        V, D = model.lm_head.weight.shape
+        if V % FP8_DIM_MULTIPLE or D % FP8_DIM_MULTIPLE:
+            raise RuntimeError(f"--fp8-lm-head on: FP8 matmuls need the vocabulary size and d_model to be multiples "
+                               f"of {FP8_DIM_MULTIPLE}; this model has {V} and {D}. Use --fp8-lm-head off.")
+        chosen["linear_ce"] = importlib.import_module("model.kernels.linear_ce").triton_impl_fp8
+    model.use_kernels(**chosen)

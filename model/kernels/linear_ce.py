@@ -35,6 +35,7 @@ import triton.language as tl
 
 from model.config import PRESETS
 from model.decoder import IGNORE_INDEX, linear_cross_entropy_reference
+from model.fp8 import E4M3, E5M2, quantise_tensorwise
 
 reference = linear_cross_entropy_reference
 
@@ -49,13 +50,38 @@ _TWO_PASS_WARPS = 8
 # are 64 a thread.
 _ONE_PASS_MAX_V = 32768
 _ONE_PASS_WARPS = 16
+# Static scale of the fp8 (e5m2) copy of the logits' gradient: softmax - onehot lies in [-1, 1], so the
+# copy's largest magnitude is 2**15 (e5m2's max is 57344) and e5m2's smallest normal, 2**-14, stands for
+# 2**-29: softmax values smaller than that (they contribute < 2**-29 of a row's weight) become subnormal.
+GRAD8_SCALE = 2.0**15
+
+
+@triton.jit
+def _e5m2_bits(x):
+    """The float8_e5m2 bit patterns (uint8) of fp32 ``x``: rounded to nearest, ties to even; NaN stays NaN.
+
+    Written out rather than left to Triton's cast, which on the H100 turns NaN into -0 (a NaN logit
+    would then leave no trace in grad_h) and in the CPU interpreter rounds without carrying into the
+    exponent (1.99 becomes 1.0). ``|x|`` must stay below e5m2's largest finite value, 57344. Normal
+    values (|x| >= 2**-14) keep 2 of fp32's 23 mantissa bits, subnormal ones become multiples of 2**-16;
+    either is then exact in fp16, whose top byte is the e5m2 pattern.
+    """
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0xFFFFF + ((bits >> 21) & 1)) & -0x200000  # drop 21 mantissa bits; -0x200000 = 0xFFE00000
+    rounded = tl.where(tl.abs(x) < 0.00006103515625, (x + 192.0) - 192.0,  # 2**-14; 192's ulp is 2**-16
+                       bits.to(tl.float32, bitcast=True))
+    return (rounded.to(tl.float16).to(tl.int16, bitcast=True) >> 8).to(tl.uint8)
 
 
 @triton.jit
 def _cross_entropy_rows_kernel(logits_ptr, stride_row, targets_ptr, loss_ptr, n_valid_ptr, ignore_index,
-                               V: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
-                               ONE_PASS: tl.constexpr):
+                               grad8_ptr, V: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+                               ONE_PASS: tl.constexpr, GRAD8_SCALE: tl.constexpr):
     """One program per row: loss = logsumexp(row) - row[target]; optionally row <- dloss/drow.
+
+    With ``GRAD8_SCALE`` non-zero the gradient also goes, as ``(softmax - onehot) * GRAD8_SCALE``
+    (without the 1/n_valid, which the caller folds into the matmul's scale), to the contiguous e5m2 rows
+    at ``grad8_ptr`` (a uint8 view); 0 for ignored rows.
 
     ``V`` is a compile-time constant (one compilation per vocabulary): the loops' trip counts are then
     fixed, which the CPU interpreter needs. The kernel is bandwidth-bound. With ``ONE_PASS``
@@ -93,25 +119,38 @@ def _cross_entropy_rows_kernel(logits_ptr, stride_row, targets_ptr, loss_ptr, n_
     if WRITE_GRAD:
         # 1/n_valid is inf when every target is ignored; no row is valid then, so scale is 0 everywhere.
         scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr).to(tl.float32), 0.0)
+        # The fp8 copy is made from the rounded gradient, grad * n_valid * GRAD8_SCALE (0 on ignored rows):
+        # from the fp32 values, both outputs would hold the row's 64 fp32 values a thread at once and spill.
+        ratio8 = tl.where(valid, GRAD8_SCALE * tl.load(n_valid_ptr).to(tl.float32), 0.0)
+        grad8_row_ptr = grad8_ptr + row * V
         if ONE_PASS:  # the row is still in registers (e, cols, col_ok from the first branch)
-            grad = (e * (1.0 / s) - (cols == target).to(tl.float32)) * scale
-            tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=col_ok)
+            grad = ((e * (1.0 / s) - (cols == target).to(tl.float32)) * scale).to(logits_ptr.dtype.element_ty)
+            tl.store(row_ptr + cols, grad, mask=col_ok)
+            if GRAD8_SCALE != 0.0:
+                # Contiguity claimed no wider than the bf16 row's 16-byte (8-value) accesses, so that this
+                # store keeps their register layout rather than converting all 64 values a thread to another.
+                tl.store(grad8_row_ptr + tl.max_contiguous(cols, 8),
+                         _e5m2_bits(grad.to(tl.float32) * ratio8), mask=col_ok)
         else:
             for start in range(0, V, BLOCK_V):
                 cols = start + tl.arange(0, BLOCK_V)
                 col_ok = cols < V
                 x = tl.load(row_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-                grad = (tl.exp(x - lse) - (cols == target).to(tl.float32)) * scale
-                tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=col_ok)
+                grad = ((tl.exp(x - lse) - (cols == target).to(tl.float32)) * scale).to(logits_ptr.dtype.element_ty)
+                tl.store(row_ptr + cols, grad, mask=col_ok)
+                if GRAD8_SCALE != 0.0:
+                    tl.store(grad8_row_ptr + tl.max_contiguous(cols, 8),  # as in the one-pass branch
+                             _e5m2_bits(grad.to(tl.float32) * ratio8), mask=col_ok)
 
 
 def cross_entropy_rows(logits_CV: torch.Tensor, targets_C: torch.Tensor, loss_C: torch.Tensor,
-                       n_valid: torch.Tensor, *, write_grad: bool, one_pass: bool | None = None,
-                       num_warps: int | None = None) -> None:
+                       n_valid: torch.Tensor, *, write_grad: bool, grad8_CV: torch.Tensor | None = None,
+                       one_pass: bool | None = None, num_warps: int | None = None) -> None:
     """Launch :func:`_cross_entropy_rows_kernel` over the rows of ``logits_CV`` (contiguous rows).
 
-    ``one_pass`` and ``num_warps`` default to what ``scripts/bench_ce_rows.py`` measured fastest on the
-    H100; the benchmark passes them to compare.
+    ``grad8_CV`` (contiguous, e5m2, the shape of ``logits_CV``; needs ``write_grad``) also receives the
+    gradient times ``n_valid * GRAD8_SCALE``. ``one_pass`` and ``num_warps`` default to what
+    ``scripts/bench_ce_rows.py`` measured fastest on the H100; the benchmark passes them to compare.
     """
     C, V = logits_CV.shape
     if one_pass is None:
@@ -119,9 +158,14 @@ def cross_entropy_rows(logits_CV: torch.Tensor, targets_C: torch.Tensor, loss_C:
     block_v = triton.next_power_of_2(V) if one_pass else min(_BLOCK_V, triton.next_power_of_2(V))
     if num_warps is None:
         num_warps = _ONE_PASS_WARPS if one_pass else _TWO_PASS_WARPS
+    if grad8_CV is not None and not (write_grad and grad8_CV.shape == logits_CV.shape and grad8_CV.is_contiguous()
+                                     and grad8_CV.dtype == E5M2):
+        raise ValueError("grad8_CV must be contiguous float8_e5m2 shaped like logits_CV, and needs write_grad")
     _cross_entropy_rows_kernel[(C,)](
         logits_CV, logits_CV.stride(0), targets_C, loss_C, n_valid, IGNORE_INDEX,
-        V=V, WRITE_GRAD=write_grad, BLOCK_V=block_v, ONE_PASS=one_pass, num_warps=num_warps,
+        loss_C if grad8_CV is None else grad8_CV.view(torch.uint8),  # unused when there is no fp8 copy
+        V=V, WRITE_GRAD=write_grad, BLOCK_V=block_v, ONE_PASS=one_pass,
+        GRAD8_SCALE=0.0 if grad8_CV is None else GRAD8_SCALE, num_warps=num_warps,
     )
 
 
@@ -148,12 +192,20 @@ def _linear_cross_entropy(
     chunk_rows: int,
     need_grad_h: bool,
     need_grad_w: bool,
+    fp8_h_ND: torch.Tensor | None,
+    fp8_w_VD: torch.Tensor | None,
+    fp8_w_DV: torch.Tensor | None,
+    h_inv_scale: torch.Tensor | None,
+    w_inv_scale: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, grad_h, grad_W)``: the mean loss and its gradients for an upstream gradient of 1.
 
     A gradient that is not needed comes back as an empty tensor and costs nothing. An opaque custom
     op (not a ``triton_op``): compile cannot then re-plan the chunk loop's in-place buffer reuse or swap
     the cuBLAS calls for its own templates, and one dispatch per step costs nothing.
+
+    With the ``fp8_*`` operands (e4m3 copies of h and of W in both layouts, with their inverse scales;
+    see :func:`triton_impl`) the logits and ``grad_h`` come from FP8 matmuls; ``grad_W`` stays bf16.
     """
     N, D = h_ND.shape
     V = weight_VD.shape[0]
@@ -162,14 +214,28 @@ def _linear_cross_entropy(
     loss_N = torch.empty(N, dtype=torch.float32, device=h_ND.device)
     grad_h_ND = torch.empty_like(h_ND) if need_grad_h else h_ND.new_empty(0)
     grad_w_VD = torch.zeros((V, D), dtype=torch.float32, device=h_ND.device) if need_grad_w else None
-    logits_CV = torch.empty((min(chunk_rows, N), V), dtype=h_ND.dtype, device=h_ND.device)
+    rows = min(chunk_rows, N)
+    logits_CV = torch.empty((rows, V), dtype=h_ND.dtype, device=h_ND.device)
+    fp8 = fp8_h_ND is not None
+    grad8_CV = torch.empty((rows, V), dtype=E5M2, device=h_ND.device) if fp8 and need_grad_h else None
+    if grad8_CV is not None:
+        # The fp8 rows hold (softmax - onehot) * GRAD8_SCALE; the mean's 1/n_valid goes into the scale.
+        g_inv_scale = 1.0 / (GRAD8_SCALE * n_valid.clamp(min=1).float())
     for start in range(0, N, chunk_rows):
         end = min(start + chunk_rows, N)
         h_CD, chunk_CV = h_ND[start:end], logits_CV[: end - start]
-        torch.mm(h_CD, weight_VD.t(), out=chunk_CV)
+        if fp8:
+            torch._scaled_mm(fp8_h_ND[start:end], fp8_w_VD.t(), h_inv_scale, w_inv_scale,
+                             out_dtype=h_ND.dtype, out=chunk_CV)
+        else:
+            torch.mm(h_CD, weight_VD.t(), out=chunk_CV)
+        grad8_chunk = None if grad8_CV is None else grad8_CV[: end - start]
         cross_entropy_rows(chunk_CV, targets_N[start:end], loss_N[start:end], n_valid,
-                           write_grad=need_grad_h or need_grad_w)
-        if need_grad_h:
+                           write_grad=need_grad_h or need_grad_w, grad8_CV=grad8_chunk)
+        if grad8_chunk is not None:
+            torch._scaled_mm(grad8_chunk, fp8_w_DV.t(), g_inv_scale, w_inv_scale,
+                             out_dtype=h_ND.dtype, out=grad_h_ND[start:end])
+        elif need_grad_h:
             torch.mm(chunk_CV, weight_VD, out=grad_h_ND[start:end])
         if need_grad_w:
             _accumulate_mm(grad_w_VD, chunk_CV.t(), h_CD)
@@ -180,7 +246,8 @@ def _linear_cross_entropy(
 
 
 @_linear_cross_entropy.register_fake
-def _(h_ND, weight_VD, targets_N, chunk_rows, need_grad_h, need_grad_w):
+def _(h_ND, weight_VD, targets_N, chunk_rows, need_grad_h, need_grad_w, fp8_h_ND, fp8_w_VD, fp8_w_DV, h_inv_scale,
+      w_inv_scale):
     grad_h = h_ND.new_empty(h_ND.shape) if need_grad_h else h_ND.new_empty(0)
     grad_w = weight_VD.new_empty(weight_VD.shape) if need_grad_w else weight_VD.new_empty(0)
     return h_ND.new_empty((), dtype=torch.float32), grad_h, grad_w
@@ -197,10 +264,7 @@ def _backward(ctx, grad_loss, _grad_grad_h, _grad_grad_w):
     return (
         grad_h * grad_loss if ctx.need_grad_h else None,
         grad_w * grad_loss if ctx.need_grad_w else None,
-        None,
-        None,
-        None,
-        None,
+        *([None] * 9),
     )
 
 
@@ -213,12 +277,18 @@ def default_chunk_rows(vocab_size: int) -> int:
 
 
 def triton_impl(
-    h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor, *, chunk_rows: int | None = None
+    h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor, *, chunk_rows: int | None = None,
+    fp8: bool = False,
 ) -> torch.Tensor:
     """Fused linear + cross-entropy, signature of :func:`model.decoder.linear_cross_entropy_reference`.
 
     ``chunk_rows`` overrides :func:`default_chunk_rows` (tests use small chunks; benchmarks compare).
     Gradients are computed in the forward only when autograd will ask for them.
+
+    ``fp8`` (see :func:`triton_impl_fp8`): when ``grad_h`` is wanted (training), h and W are quantised
+    to e4m3 with one dynamic scale each (plain tensor code, which ``torch.compile`` fuses into the
+    producers) and the op computes the logits and ``grad_h`` with FP8 matmuls; ``grad_W`` stays a bf16
+    matmul accumulated in fp32. Without ``grad_h`` (evaluation) it computes as without ``fp8``.
     """
     if h_ND.dim() != 2 or weight_VD.dim() != 2 or h_ND.shape[1] != weight_VD.shape[1]:
         raise ValueError(f"linear_ce expects h (N, D) and weight (V, D); got {tuple(h_ND.shape)} and "
@@ -230,21 +300,43 @@ def triton_impl(
         raise ValueError(f"linear_ce expects h and weight in one dtype, got {h_ND.dtype} and "
                          f"{weight_VD.dtype}; cast h to the weight's dtype (autocast does not reach this op)")
     grad = torch.is_grad_enabled()
+    need_grad_h, need_grad_w = grad and h_ND.requires_grad, grad and weight_VD.requires_grad
+    fp8_operands: tuple = (None,) * 5
+    if fp8 and need_grad_h:  # FP8 is for training speed; an evaluation (no grad_h) gets the exact loss
+        h8_ND, h_inv_scale = quantise_tensorwise(h_ND.detach(), E4M3)
+        w8_VD, w_inv_scale = quantise_tensorwise(weight_VD.detach(), E4M3)
+        fp8_operands = (h8_ND, w8_VD, w8_VD.t().contiguous(), h_inv_scale, w_inv_scale)
     loss, _, _ = _linear_cross_entropy(
         h_ND,
         weight_VD,
         targets_N,
         chunk_rows or default_chunk_rows(weight_VD.shape[0]),
-        grad and h_ND.requires_grad,
-        grad and weight_VD.requires_grad,
+        need_grad_h,
+        need_grad_w,
+        *fp8_operands,
     )
     return loss
+
+
+def triton_impl_fp8(
+    h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor, *, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """:func:`triton_impl` with FP8 matmuls for the logits (e4m3 x e4m3) and ``grad_h`` (e5m2 x e4m3).
+
+    Two of the head's three matmuls at FP8 tensor-core rate, for a precision cost: the logits carry
+    e4m3's rounding of h and W (a few per cent relative per logit, ``scripts/bench_fp8.py``) and
+    ``grad_h`` e5m2's of the logits' gradient. Needs an FP8 GPU (:func:`model.fp8.fp8_supported`);
+    the CPU runs it slowly, for the tests. ``--fp8-lm-head on`` selects it.
+    """
+    return triton_impl(h_ND, weight_VD, targets_N, chunk_rows=chunk_rows, fp8=True)
 
 
 def bench_cases(preset: str) -> list[dict]:
     """Forward+backward at ``preset``'s d_model: N = 32 x 2048 tokens, V = 32768, bf16.
 
-    The default chunk and two others, so the benchmark table shows what the chunk size buys.
+    The default chunk and two others, so the benchmark table shows what the chunk size buys, and the
+    default chunk with the FP8 matmuls (:func:`triton_impl_fp8`), compiled as the model would run it
+    so that the quantisation of h and W is fused as it is in training.
     """
     N, D, V = 32 * 2048, PRESETS[preset]["d_model"], 32768
 
@@ -263,4 +355,7 @@ def bench_cases(preset: str) -> list[dict]:
         {"name": f"linear_ce_{preset}_chunk{rows}", "make_inputs": make_inputs,
          "triton": with_chunk(rows), "reference": reference, "backward": True}
         for rows in (default, default // 2, default * 2)
+    ] + [
+        {"name": f"linear_ce_{preset}_fp8_chunk{default}", "make_inputs": make_inputs,
+         "triton": torch.compile(triton_impl_fp8, dynamic=False), "reference": reference, "backward": True}
     ]

@@ -19,6 +19,8 @@ if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 # triton.jit picks interpreter or compiler when the kernel module is imported, so this comes first.
 os.environ["TRITON_INTERPRET"] = "1"
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from model.config import PRESETS, ModelConfig  # noqa: E402
@@ -407,6 +409,33 @@ def test_linear_ce_fp8_computes_what_it_says(row_path) -> None:
     assert 1e-5 < rel_err(loss, loss_ref) < 1e-2
     assert 1e-3 < rel_err(grad_h, grad_h_ref) < 0.1
     assert 1e-4 < rel_err(grad_w, grad_w_ref) < 0.05
+
+
+@triton.jit
+def _e5m2_bits_of(x_ptr, out_ptr, N: tl.constexpr):
+    cols = tl.arange(0, N)
+    tl.store(out_ptr + cols, linear_ce._e5m2_bits(tl.load(x_ptr + cols)))
+
+
+def test_e5m2_bits_round_as_torch_casts_and_keep_nan() -> None:
+    """Every e5m2 value, the midpoints between neighbours (ties go to even) and points just either side of
+    them, both signs, subnormals included: the same bits as torch's cast. NaN stays NaN in both of its
+    fp32 forms, numpy's 0x7FC00000 and the GPU's 0x7FFFFFFF (which a plain rounding carry would turn into
+    -0)."""
+    finite = torch.arange(256, dtype=torch.uint8).view(torch.float8_e5m2).float()
+    finite = finite[finite.isfinite() & (finite.abs() <= linear_ce.GRAD8_SCALE)].unique()
+    mids = (finite[1:] + finite[:-1]) / 2
+    x = torch.cat([finite, mids, mids.nextafter(torch.tensor(float("inf"))),
+                   mids.nextafter(torch.tensor(float("-inf")))])
+    x = x[x.abs() <= linear_ce.GRAD8_SCALE]
+    nans = torch.tensor([0x7FC00000, 0x7FFFFFFF, -1], dtype=torch.int32).view(torch.float32)
+    n = triton.next_power_of_2(len(x) + len(nans))
+    padded = torch.zeros(n)
+    padded[: len(x)], padded[len(x): len(x) + len(nans)] = x, nans
+    out = torch.empty(n, dtype=torch.uint8)
+    _e5m2_bits_of[(1,)](padded, out, N=n)
+    assert torch.equal(out[: len(x)], x.to(E5M2).view(torch.uint8))
+    assert torch.isnan(out[len(x): len(x) + len(nans)].view(E5M2).float()).all()
 
 
 @pytest.mark.parametrize("one_pass", [False, True], ids=["two_pass", "one_pass"])

@@ -67,9 +67,11 @@ def _e5m2_bits(x):
     either is then exact in fp16, whose top byte is the e5m2 pattern.
     """
     bits = x.to(tl.int32, bitcast=True)
-    bits = (bits + 0xFFFFF + ((bits >> 21) & 1)) & -0x200000  # drop 21 mantissa bits; -0x200000 = 0xFFE00000
-    rounded = tl.where(tl.abs(x) < 0.00006103515625, (x + 192.0) - 192.0,  # 2**-14; 192's ulp is 2**-16
-                       bits.to(tl.float32, bitcast=True))
+    sign = bits & -0x80000000  # -0x80000000 = 0x80000000
+    normal = (bits + 0xFFFFF + ((bits >> 21) & 1)) & -0x200000  # drop 21 mantissa bits; -0x200000 = 0xFFE00000
+    subnormal = ((tl.abs(x) + 192.0) - 192.0).to(tl.int32, bitcast=True) | sign  # 192's ulp is 2**-16
+    rounded = tl.where(tl.abs(x) < 0.00006103515625, subnormal, normal).to(tl.float32, bitcast=True)  # 2**-14
+    rounded = tl.where(x != x, x, rounded)  # the GPU's NaN, 0x7FFFFFFF, would carry into the sign: -0
     return (rounded.to(tl.float16).to(tl.int16, bitcast=True) >> 8).to(tl.uint8)
 
 

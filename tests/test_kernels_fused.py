@@ -8,6 +8,7 @@ holds the tight bf16 bounds on CUDA.
 import copy
 import os
 import re
+from functools import partial
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from model.config import PRESETS, ModelConfig  # noqa: E402
 from model.decoder import IGNORE_INDEX, SigmaLM, rope_tables  # noqa: E402
-from model.fp8 import E4M3, E5M2, quantise_tensorwise  # noqa: E402
+from model.fp8 import E5M2  # noqa: E402
 from model.kernels import linear_ce, qk_norm_rope, rmsnorm  # noqa: E402
 
 if not isinstance(rmsnorm._rms_norm_fwd_kernel, InterpretedFunction):
@@ -379,29 +380,14 @@ def test_linear_ce_rejects_bad_shapes_and_mixed_dtypes() -> None:
 # ---------------------------------------------------------------------- linear + CE with FP8 matmuls
 
 
-def fp8_emulation(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple:
-    """``triton_impl_fp8``'s loss, grad_h and grad_W written out in plain fp32 PyTorch, step by step."""
-    h8, h_inv = quantise_tensorwise(h.detach(), E4M3)
-    w8, w_inv = quantise_tensorwise(weight.detach(), E4M3)
-    logits = ((h8.float() @ w8.float().t()) * (h_inv * w_inv)).to(h.dtype).float().requires_grad_()
-    loss = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
-    loss.backward()
-    grad_logits = logits.grad.to(h.dtype).float()  # the kernel's in-place gradient
-    n_valid = (targets != IGNORE_INDEX).sum()
-    grad8 = (grad_logits * n_valid * linear_ce.GRAD8_SCALE).to(E5M2)  # the fp8 copy, 1/n_valid left out
-    grad_h = (grad8.float() @ w8.float()) * (w_inv / (n_valid * linear_ce.GRAD8_SCALE))
-    grad_w = grad_logits.t() @ h.detach().float()  # stays exact
-    return loss.detach(), grad_h.to(h.dtype), grad_w.to(h.dtype)
-
-
 def test_linear_ce_fp8_computes_what_it_says(row_path) -> None:
-    """Against the same arithmetic written out: e4m3 h and W with dynamic scales for the logits, the
-    e5m2 copy of their gradient for grad_h, the exact gradient for grad_W. It is the FP8 path: the
-    result is further from the exact reference than the fp32 kernel is, and within FP8's error."""
+    """Against the same arithmetic written out in PyTorch (``reference_fp8``): e4m3 h and W with dynamic
+    scales for the logits, the e5m2 copy of their gradient for grad_h, the exact gradient for grad_W.
+    It is the FP8 path: further from the exact reference than the fp32 kernel is, within FP8's error."""
     h, weight, targets = ce_inputs(N=40, D=32, V=200)
     targets[::7] = IGNORE_INDEX
     loss, grad_h, grad_w = loss_and_grads(linear_ce.triton_impl_fp8, h, weight, targets, chunk_rows=16)
-    loss_em, grad_h_em, grad_w_em = fp8_emulation(h, weight, targets)
+    loss_em, grad_h_em, grad_w_em = loss_and_grads(linear_ce.reference_fp8, h, weight, targets)
     assert rel_err(loss, loss_em) < 1e-5
     assert rel_err(grad_h, grad_h_em) < 1e-3  # accumulation order can flip an e5m2 rounding
     assert rel_err(grad_w, grad_w_em) < 1e-5
@@ -470,10 +456,12 @@ def test_linear_ce_fp8_evaluates_exactly_and_handles_all_ignored() -> None:
     with torch.no_grad():
         assert torch.equal(linear_ce.triton_impl_fp8(h, weight, targets, chunk_rows=5),
                            linear_ce.triton_impl(h, weight, targets, chunk_rows=5))
+        assert torch.equal(linear_ce.reference_fp8(h, weight, targets), linear_ce.reference(h, weight, targets))
     targets[:] = IGNORE_INDEX
-    loss, grad_h, grad_w = loss_and_grads(linear_ce.triton_impl_fp8, h, weight, targets, chunk_rows=5)
-    assert torch.isnan(loss)
-    assert (grad_h == 0).all() and (grad_w == 0).all()
+    for fp8 in (partial(linear_ce.triton_impl_fp8, chunk_rows=5), linear_ce.reference_fp8):
+        loss, grad_h, grad_w = loss_and_grads(fp8, h, weight, targets)
+        assert torch.isnan(loss)
+        assert (grad_h == 0).all() and (grad_w == 0).all()
 
 
 def test_fp8_lm_head_needs_the_fused_kernel_and_trains() -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -318,6 +319,44 @@ def triton_impl(
         *fp8_operands,
     )
     return loss
+
+
+class _ReferenceFp8(torch.autograd.Function):
+    """:func:`triton_impl_fp8`'s arithmetic in plain PyTorch, over the whole (N, V) logits at once."""
+
+    @staticmethod
+    def forward(ctx, h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
+        h8_ND, h_inv_scale = quantise_tensorwise(h_ND, E4M3)
+        w8_VD, w_inv_scale = quantise_tensorwise(weight_VD, E4M3)
+        logits_NV = ((h8_ND.float() @ w8_VD.float().t()) * (h_inv_scale * w_inv_scale)).to(h_ND.dtype).float()
+        loss = F.cross_entropy(logits_NV, targets_N, ignore_index=IGNORE_INDEX)
+        valid_N = targets_N != IGNORE_INDEX
+        n_valid = valid_N.sum()
+        # (softmax - onehot) / n_valid on valid rows, 0 on ignored ones, rounded as the kernel writes it
+        grad_logits_NV = torch.softmax(logits_NV, dim=-1)
+        grad_logits_NV[valid_N, targets_N[valid_N]] -= 1.0
+        grad_logits_NV = (grad_logits_NV * (valid_N[:, None] / n_valid.clamp(min=1))).to(h_ND.dtype).float()
+        grad8_NV = (grad_logits_NV * (n_valid * GRAD8_SCALE)).to(E5M2)
+        g_inv_scale = 1.0 / (GRAD8_SCALE * n_valid.clamp(min=1).float())
+        grad_h_ND = ((grad8_NV.float() @ w8_VD.float()) * (g_inv_scale * w_inv_scale)).to(h_ND.dtype)
+        grad_w_VD = (grad_logits_NV.t() @ h_ND.float()).to(weight_VD.dtype)
+        ctx.save_for_backward(grad_h_ND, grad_w_VD)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_h_ND, grad_w_VD = ctx.saved_tensors
+        return grad_h_ND * grad_loss, grad_w_VD * grad_loss, None
+
+
+def reference_fp8(h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
+    """:func:`triton_impl_fp8` written out in plain PyTorch (it materialises the full logits): e4m3 h and W
+    with dynamic scales for the logits, the e5m2 copy of their gradient for grad_h, the exact gradient for
+    grad_W; the exact loss when no gradient is wanted. For the tests, and for fast FP8 runs on the CPU
+    (``scripts/bench_fp8_head_quality.py``)."""
+    if not (torch.is_grad_enabled() and h_ND.requires_grad):
+        return reference(h_ND, weight_VD, targets_N)
+    return _ReferenceFp8.apply(h_ND, weight_VD, targets_N)
 
 
 def triton_impl_fp8(

@@ -1,0 +1,172 @@
+"""Does the FP8 LM head (``--fp8-lm-head on``) change what a model learns? Held-out loss, side by side.
+
+    python3 scripts/bench_fp8_head_quality.py --data passages.jsonl --text-field passage
+
+Trains the same small SigmaLM on real text with Muon + C3O as the trainer builds them (Newton–Schulz in fp32, as the trainer runs it on the CPU),
+from the same
+initial weights, in three arms:
+
+* ``exact``       the exact loss (``linear_ce.reference``);
+* ``exact_order`` the exact loss on the same batches in another order: how much the held-out loss moves
+                  for a reason that should not matter, the yardstick for the next arm;
+* ``fp8``         the FP8 head's arithmetic (``linear_ce.reference_fp8``, which the Triton kernel
+                  ``triton_impl_fp8`` matches in tests/test_kernels_fused.py), same batches as ``exact``.
+
+It prints the held-out loss (computed exactly in every arm) every ``--eval-every`` steps, and each arm's
+difference from ``exact``. On the CPU the parameters are fp32 (bf16 on a GPU), which does not change the
+FP8 quantisation being measured: h and W in e4m3, the logits' gradient in e5m2. Small model, short run:
+evidence about the head's noise, not a substitute for a long GPU run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.config import from_preset  # noqa: E402
+from model.decoder import SigmaLM  # noqa: E402
+from model.kernels import linear_ce  # noqa: E402
+from training.optim import build_optimizers  # noqa: E402
+from training.optim.newton_schulz import zeropower_via_newtonschulz  # noqa: E402
+
+
+def read_texts(path: Path, field: str, limit_chars: int) -> list[str]:
+    texts, total = [], 0
+    with path.open() as f:
+        for line in f:
+            text = json.loads(line).get(field)
+            if isinstance(text, str) and text.strip():
+                texts.append(text)
+                total += len(text)
+                if total >= limit_chars:
+                    break
+    return texts
+
+
+def token_stream(texts: list[str], vocab_size: int) -> torch.Tensor:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    eot = tok.token_to_id("<|endoftext|>")
+    ids: list[int] = []
+    for enc in tok.encode_batch(texts):
+        ids.extend(enc.ids)
+        ids.append(eot)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def batches(stream: torch.Tensor, n: int, batch: int, seq: int, seed: int) -> list[torch.Tensor]:
+    """``n`` fixed batches of ``batch`` windows of ``seq + 1`` tokens from ``stream``, drawn with ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - seq - 1, (n, batch), generator=gen)
+    return [torch.stack([stream[s:s + seq + 1] for s in row.tolist()]) for row in starts]
+
+
+def train(arm: str, args: argparse.Namespace, cfg, init: dict, train_batches: list, heldout: list) -> list[tuple]:
+    """Held-out loss every ``eval_every`` steps: ``[(step, loss), ...]``."""
+    model = SigmaLM(cfg)
+    model.load_state_dict(init)
+    if arm == "fp8":
+        model.use_kernels(linear_ce=linear_ce.reference_fp8)
+    if arm == "exact_order":  # the same batches, another order
+        order = torch.randperm(len(train_batches), generator=torch.Generator().manual_seed(args.seed + 2))
+        train_batches = [train_batches[i] for i in order.tolist()]
+    pair = build_optimizers(model, lr=args.lr, muon_lr=args.muon_lr, weight_decay=0.0, betas=(0.9, 0.95),
+                            c3o_state_dtype=torch.float32, c3o_cautious=True, muon_momentum=0.95, ns_steps=5,
+                            seed=args.seed, ns_fn=partial(zeropower_via_newtonschulz, dtype=torch.float32))
+    groups = [g for opt in (pair.muon, pair.c3o) for g in opt.param_groups]
+    peaks = [g["lr"] for g in groups]
+
+    def evaluate() -> float:
+        model.eval()
+        with torch.no_grad():
+            loss = sum(model(b[:, :-1], b[:, 1:]).item() for b in heldout) / len(heldout)
+        model.train()
+        return loss
+
+    curve = [(0, evaluate())]
+    t0 = time.perf_counter()
+    for step, b in enumerate(train_batches, start=1):
+        # Linear warm-up, constant, linear decay over the last fifth (the trainer's WSD shape).
+        decay_from = int(0.8 * args.steps)
+        scale = min(step / args.warmup, 1.0) * min(1.0, (args.steps - step + 1) / max(1, args.steps - decay_from))
+        for g, peak in zip(groups, peaks, strict=True):
+            g["lr"] = peak * scale
+        loss = model(b[:, :-1], b[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        pair.step()
+        pair.zero_grad(set_to_none=True)
+        if step % args.eval_every == 0 or step == args.steps:
+            curve.append((step, evaluate()))
+            print(json.dumps({"arm": arm, "step": step, "train_loss": round(loss.item(), 4),
+                              "heldout_loss": round(curve[-1][1], 4),
+                              "s_per_step": round((time.perf_counter() - t0) / step, 3)}), flush=True)
+    return curve
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="a .jsonl file of texts")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--chars", type=int, default=6_000_000, help="characters of text to read")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-batches", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--muon-lr", type=float, default=0.02)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--arms", nargs="+", default=["exact", "exact_order", "fp8"],
+                   choices=["exact", "exact_order", "fp8"])
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+
+    texts = read_texts(args.data, args.text_field, args.chars)
+    stream = token_stream(texts, args.vocab_size)
+    split = int(0.95 * len(stream))
+    train_batches = batches(stream[:split], args.steps, args.batch_size, args.seq_len, args.seed)
+    heldout = batches(stream[split:], args.eval_batches, args.batch_size, args.seq_len, args.seed + 1)
+    torch.manual_seed(args.seed)
+    cfg = from_preset(args.preset, vocab_size=args.vocab_size, max_seq_len=args.seq_len)
+    init = {k: v.clone() for k, v in SigmaLM(cfg).state_dict().items()}
+    print(json.dumps({"texts": len(texts), "tokens": len(stream), "vocab": args.vocab_size, "preset": args.preset,
+                      "tokens_per_step": args.batch_size * args.seq_len, "steps": args.steps,
+                      "torch": torch.__version__}), flush=True)
+
+    curves = {}
+    for arm in args.arms:
+        torch.manual_seed(args.seed)
+        curves[arm] = train(arm, args, cfg, init, train_batches, heldout)
+
+    print(f"\nheld-out loss ({args.eval_batches} x {args.batch_size} x {args.seq_len} tokens)")
+    print(f"{'step':>6} " + " ".join(f"{arm:>12}" for arm in args.arms)
+          + "".join(f" {arm + '-exact':>18}" for arm in args.arms if arm != "exact" and "exact" in curves))
+    for i, (step, _) in enumerate(curves[args.arms[0]]):
+        row = [curves[arm][i][1] for arm in args.arms]
+        diffs = [(curves[arm][i][1] - curves["exact"][i][1]) / curves["exact"][i][1]
+                 for arm in args.arms if arm != "exact" and "exact" in curves]
+        print(f"{step:6d} " + " ".join(f"{v:12.4f}" for v in row) + "".join(f" {d:+18.2%}" for d in diffs))
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "curves": curves}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ Their figures mean something only on a GPU; these catch a script broken by a cha
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,23 @@ def test_compare_runs_prints_both_runs_losses_side_by_side(tmp_path) -> None:
     assert "     3    4.0000    4.2000    +5.00%" in lines
     assert "     3    4.5000    4.6000    +2.22%" in lines and "     0    9.0000    9.0000    +0.00%" in lines
     assert "b: median core tokens/s 110 over 2 records" in lines
+
+
+def test_fp8_head_quality_smoke(tmp_path) -> None:
+    """The three arms train from the same weights on real code paths and the table compares them."""
+    words = ["the", "model", "reads", "text", "and", "learns", "which", "token", "comes", "next", "in"]
+    rng = random.Random(0)
+    lines = [json.dumps({"passage": " ".join(rng.choice(words) for _ in range(60))}) for _ in range(400)]
+    data = tmp_path / "passages.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "quality.json"
+    result = run_script("bench_fp8_head_quality.py", "--data", str(data), "--text-field", "passage",
+                        "--vocab-size", "320", "--seq-len", "32", "--batch-size", "4", "--steps", "4",
+                        "--warmup", "2", "--eval-every", "2", "--eval-batches", "2", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "exact_order-exact" in result.stdout and "fp8-exact" in result.stdout
+    curves = json.loads(out.read_text())["curves"]
+    assert set(curves) == {"exact", "exact_order", "fp8"}
+    assert {len(c) for c in curves.values()} == {3}  # steps 0, 2 and 4
+    assert len({c[0][1] for c in curves.values()}) == 1  # one starting model
+    assert curves["fp8"][-1][1] != curves["exact"][-1][1]  # the FP8 arm trained differently

@@ -28,38 +28,33 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.config import from_preset  # noqa: E402
 from model.decoder import SigmaLM  # noqa: E402
 from model.kernels import linear_ce  # noqa: E402
+from training.data.local import local_documents  # noqa: E402
+from training.data.tokenizer import EOS_TOKEN, train_tokenizer  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 from training.optim.newton_schulz import zeropower_via_newtonschulz  # noqa: E402
 
 
 def read_texts(path: Path, field: str, limit_chars: int) -> list[str]:
+    """The first documents of ``path`` (read as the trainer's local backend reads it), up to ``limit_chars``."""
     texts, total = [], 0
-    with path.open() as f:
-        for line in f:
-            text = json.loads(line).get(field)
-            if isinstance(text, str) and text.strip():
-                texts.append(text)
-                total += len(text)
-                if total >= limit_chars:
-                    break
+    for doc in local_documents([str(path)], text_field=field, cycle=False):
+        texts.append(doc.text)
+        total += len(doc.text)
+        if total >= limit_chars:
+            break
     return texts
 
 
 def token_stream(texts: list[str], vocab_size: int) -> torch.Tensor:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    eot = tok.token_to_id("<|endoftext|>")
+    """The trainer's byte-level BPE trained on ``texts``, then every text encoded, end-of-text between."""
+    tok = train_tokenizer(texts, vocab_size)
+    eot = tok.token_to_id(EOS_TOKEN)
     ids: list[int] = []
     for enc in tok.encode_batch(texts):
         ids.extend(enc.ids)

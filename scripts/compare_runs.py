@@ -11,16 +11,20 @@ fp8_quality``); the relative difference column is ``(b - a) / a``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from training.report import read_metrics  # noqa: E402
 
 
 def read(path: Path) -> dict[str, dict[int, dict]]:
-    """``{"step": {step: record}, "eval": {step: record}}`` from one metrics.jsonl."""
+    """``{"step": {step: record}, "eval": {step: record}}`` from one metrics.jsonl (a cut last line of a
+    crashed run is skipped, as ``eco_train report`` skips it)."""
     out: dict[str, dict[int, dict]] = {"step": {}, "eval": {}}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
+    for rec in read_metrics(path)[0]:
         if rec.get("event") in out:
             out[rec["event"]][rec["step"]] = rec
     return out

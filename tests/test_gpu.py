@@ -51,19 +51,24 @@ def test_bf16_compiled_model_trains_on_cuda():
     assert losses[-1] < losses[0] * 0.7, losses
 
 
-def test_trainer_end_to_end_on_cuda(tmp_path):
-    """The real CLI on the GPU: bf16 profile, compile, Muon + bf16 C3O state."""
+def _train_tiny_on_cuda(tmp_path, *extra: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """30 steps of the tiny preset through the real CLI; its stdout and metrics records."""
     r = subprocess.run(
         [sys.executable, str(REPO / "train_sigma.py"), "--model-preset", "tiny", "--steps", "30",
          "--warmup-steps", "5", "--seq-len", "128", "--batch-size", "16", "--vocab-size", "1024",
          "--tokenizer-train-chars", "300000", "--eval-every", "0", "--output-dir", str(tmp_path / "run"),
-         "--checkpoint-dir", str(tmp_path / "ck")],
+         "--checkpoint-dir", str(tmp_path / "ck"), *extra],
         capture_output=True, text=True, timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    return r, [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_trainer_end_to_end_on_cuda(tmp_path):
+    """The real CLI on the GPU: bf16 profile, compile, Muon + bf16 C3O state."""
+    r, records = _train_tiny_on_cuda(tmp_path)
     assert "[sigma] device=cuda" in r.stdout and "[sigma] dtype=bfloat16" in r.stdout
     assert "[sigma] ns_dtype=bfloat16" in r.stdout
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     end = records[-1]
     assert end["event"] == "end" and end["heldout_loss_drop"] > 0.3
     steps = [r for r in records if r["event"] == "step"]
@@ -72,16 +77,8 @@ def test_trainer_end_to_end_on_cuda(tmp_path):
 
 def test_trainer_with_fp8_lm_head_on_cuda(tmp_path):
     """``--fp8-lm-head on`` through the real CLI: reported at start-up, and the model still learns."""
-    r = subprocess.run(
-        [sys.executable, str(REPO / "train_sigma.py"), "--model-preset", "tiny", "--steps", "30",
-         "--warmup-steps", "5", "--seq-len", "128", "--batch-size", "16", "--vocab-size", "1024",
-         "--tokenizer-train-chars", "300000", "--eval-every", "0", "--fp8-lm-head", "on",
-         "--output-dir", str(tmp_path / "run"), "--checkpoint-dir", str(tmp_path / "ck")],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r, records = _train_tiny_on_cuda(tmp_path, "--fp8-lm-head", "on")
     assert "[sigma] fp8_lm_head_active=1" in r.stdout
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     (startup,) = [x for x in records if x["event"] == "startup"]
     assert startup["fp8_lm_head_active"] == 1 and startup["kernels"]["linear_ce"] == "triton"
     assert records[-1]["event"] == "end" and records[-1]["heldout_loss_drop"] > 0.3

@@ -57,6 +57,12 @@ _ONE_PASS_WARPS = 16
 GRAD8_SCALE = 2.0**15
 
 
+def _grad8_inv_scale(n_valid: torch.Tensor) -> torch.Tensor:
+    """The matmul scale of the fp8 gradient copy: its rows hold (softmax - onehot) * GRAD8_SCALE, and the
+    mean's 1/n_valid is folded in here (n_valid floored at 1: an all-ignored batch's copy is all zeros)."""
+    return 1.0 / (GRAD8_SCALE * n_valid.clamp(min=1).float())
+
+
 @triton.jit
 def _e5m2_bits(x):
     """The float8_e5m2 bit patterns (uint8) of fp32 ``x``: rounded to nearest, ties to even; NaN stays NaN.
@@ -222,8 +228,7 @@ def _linear_cross_entropy(
     fp8 = fp8_h_ND is not None
     grad8_CV = torch.empty((rows, V), dtype=E5M2, device=h_ND.device) if fp8 and need_grad_h else None
     if grad8_CV is not None:
-        # The fp8 rows hold (softmax - onehot) * GRAD8_SCALE; the mean's 1/n_valid goes into the scale.
-        g_inv_scale = 1.0 / (GRAD8_SCALE * n_valid.clamp(min=1).float())
+        g_inv_scale = _grad8_inv_scale(n_valid)
     for start in range(0, N, chunk_rows):
         end = min(start + chunk_rows, N)
         h_CD, chunk_CV = h_ND[start:end], logits_CV[: end - start]
@@ -337,8 +342,7 @@ class _ReferenceFp8(torch.autograd.Function):
         grad_logits_NV[valid_N, targets_N[valid_N]] -= 1.0
         grad_logits_NV = (grad_logits_NV * (valid_N[:, None] / n_valid.clamp(min=1))).to(h_ND.dtype).float()
         grad8_NV = (grad_logits_NV * (n_valid * GRAD8_SCALE)).to(E5M2)
-        g_inv_scale = 1.0 / (GRAD8_SCALE * n_valid.clamp(min=1).float())
-        grad_h_ND = ((grad8_NV.float() @ w8_VD.float()) * (g_inv_scale * w_inv_scale)).to(h_ND.dtype)
+        grad_h_ND = ((grad8_NV.float() @ w8_VD.float()) * (_grad8_inv_scale(n_valid) * w_inv_scale)).to(h_ND.dtype)
         grad_w_VD = (grad_logits_NV.t() @ h_ND.float()).to(weight_VD.dtype)
         ctx.save_for_backward(grad_h_ND, grad_w_VD)
         return loss

@@ -11,6 +11,8 @@ import os
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from model.config import ModelConfig
 from model.decoder import IGNORE_INDEX, SigmaLM, rope_tables
@@ -232,6 +234,53 @@ def test_linear_ce_fp8_within_its_error_bounds(chunk_rows: int | None) -> None:
     with torch.no_grad():
         assert torch.equal(linear_ce.triton_impl_fp8(h, weight, targets, chunk_rows=chunk_rows),
                            linear_ce.triton_impl(h, weight, targets, chunk_rows=chunk_rows))
+
+
+@triton.jit
+def _grad8_bits_of(x_ptr, out_ptr, N: tl.constexpr, CVT: tl.constexpr):
+    cols = tl.arange(0, N)
+    tl.store(out_ptr + cols, linear_ce._grad8_bits(tl.load(x_ptr + cols), CVT))
+
+
+@pytest.mark.parametrize("cvt", [True, False], ids=["cvt_instruction", "integer_arithmetic"])
+def test_e5m2_conversions_round_as_torch_casts_and_keep_nan(cvt: bool) -> None:
+    """Both e5m2 conversions the row kernel can use, compiled for this GPU: every e5m2 value up to
+    GRAD8_SCALE, the midpoints between neighbours and the fp32 values either side of them, both signs,
+    give torch's cast bit for bit; both fp32 NaN forms (0x7FC00000, 0x7FFFFFFF) and a negative one stay NaN."""
+    finite = torch.arange(256, dtype=torch.uint8).view(torch.float8_e5m2).float()
+    finite = finite[finite.isfinite() & (finite.abs() <= linear_ce.GRAD8_SCALE)].unique()
+    mids = (finite[1:] + finite[:-1]) / 2
+    x = torch.cat([finite, mids, mids.nextafter(torch.tensor(float("inf"))),
+                   mids.nextafter(torch.tensor(float("-inf")))])
+    x = x[x.abs() <= linear_ce.GRAD8_SCALE]
+    nans = torch.tensor([0x7FC00000, 0x7FFFFFFF, -1], dtype=torch.int32).view(torch.float32)
+    n = triton.next_power_of_2(len(x) + len(nans))
+    padded = torch.zeros(n)
+    padded[: len(x)], padded[len(x): len(x) + len(nans)] = x, nans
+    out = torch.empty(n, dtype=torch.uint8, device=CUDA)
+    _grad8_bits_of[(1,)](padded.to(CUDA), out, N=n, CVT=cvt)
+    out = out.cpu()
+    assert torch.equal(out[: len(x)], x.to(torch.float8_e5m2).view(torch.uint8))
+    assert torch.isnan(out[len(x): len(x) + len(nans)].view(torch.float8_e5m2).float()).all()
+
+
+@pytest.mark.parametrize("vocab", [32768, 50304], ids=["one_pass_rows", "two_pass_rows"])
+def test_rows_kernel_fp8_copy_is_the_rounded_gradient(vocab: int) -> None:
+    """On the GPU (the conversion instruction): the e5m2 copy is torch's cast of the rounded gradient times
+    n_valid * GRAD8_SCALE, bit for bit; all zero on an ignored row; all NaN on a row holding a NaN."""
+    generator = torch.Generator(device=CUDA).manual_seed(5)
+    logits = (4 * torch.randn(64, vocab, generator=generator, device=CUDA)).bfloat16()
+    logits[7, 11] = float("nan")
+    targets = torch.randint(0, vocab, (64,), generator=generator, device=CUDA)
+    targets[4] = IGNORE_INDEX
+    n_valid = (targets != IGNORE_INDEX).sum()
+    work, loss = logits.clone(), torch.empty(64, device=CUDA)
+    grad8 = torch.empty(64, vocab, dtype=torch.float8_e5m2, device=CUDA)
+    linear_ce.cross_entropy_rows(work, targets, loss, n_valid, write_grad=True, grad8_CV=grad8)
+    want = (work.float() * (n_valid * linear_ce.GRAD8_SCALE)).to(torch.float8_e5m2)
+    rows = [r for r in range(64) if r != 7]
+    assert torch.equal(grad8[rows].view(torch.uint8), want[rows].view(torch.uint8))
+    assert torch.isnan(grad8[7].float()).all() and (grad8[4].float() == 0).all()
 
 
 @pytest.mark.parametrize("fn", [linear_ce.triton_impl, linear_ce.triton_impl_fp8], ids=["bf16", "fp8"])

@@ -320,7 +320,8 @@ out = {}
 for vocab, grad8_scale in itertools.product((32768, 151936), (0.0, lc.GRAD8_SCALE)):
     one_pass = vocab <= lc._ONE_PASS_MAX_V
     block = triton.next_power_of_2(vocab) if one_pass else lc._BLOCK_V
-    ce = dict(V=vocab, WRITE_GRAD=True, BLOCK_V=block, ONE_PASS=one_pass, GRAD8_SCALE=grad8_scale)
+    ce = dict(V=vocab, WRITE_GRAD=True, BLOCK_V=block, ONE_PASS=one_pass, GRAD8_SCALE=grad8_scale,
+              GRAD8_CVT=bool(grad8_scale))  # the GPU's conversion instruction, as a CUDA launch picks
     signature = {"logits_ptr": "*bf16", "stride_row": "i32", "targets_ptr": "*i64", "loss_ptr": "*fp32",
                  "n_valid_ptr": "*i64", "ignore_index": "i32", "grad8_ptr": "*u8" if grad8_scale else "*fp32"}
     signature |= dict.fromkeys(ce, "constexpr")
@@ -342,8 +343,9 @@ def test_rows_kernel_compiles_for_the_h100_without_spilling() -> None:
         assert "0 bytes spill stores, 0 bytes spill loads" in kernel["ptxas"], (launch, kernel["ptxas"])
         # 16-byte accesses: the row is read and written in 8-value vectors.
         assert "ld.global.v4" in kernel["ptx"] and "st.global.v4" in kernel["ptx"], launch
-        if "fp8=True" in launch:  # and its fp8 copy in 8-byte vectors
+        if "fp8=True" in launch:  # and its fp8 copy in 8-byte vectors, rounded by the hardware conversion
             assert "st.global.v2.b32" in kernel["ptx"], launch
+            assert "cvt.rn.satfinite.e5m2x2.f32" in kernel["ptx"], launch
 
 
 def test_linear_ce_without_grad_gives_the_same_loss() -> None:

@@ -264,10 +264,12 @@ def test_e5m2_conversions_round_as_torch_casts_and_keep_nan(cvt: bool) -> None:
     assert torch.isnan(out[len(x): len(x) + len(nans)].view(torch.float8_e5m2).float()).all()
 
 
-@pytest.mark.parametrize("vocab", [32768, 50304], ids=["one_pass_rows", "two_pass_rows"])
+@pytest.mark.parametrize("vocab", [32768, 50304, 400, 16], ids=["one_pass_rows", "two_pass_rows", "small", "tiny"])
 def test_rows_kernel_fp8_copy_is_the_rounded_gradient(vocab: int) -> None:
     """On the GPU (the conversion instruction): the e5m2 copy is torch's cast of the rounded gradient times
-    n_valid * GRAD8_SCALE, bit for bit; all zero on an ignored row; all NaN on a row holding a NaN."""
+    n_valid * GRAD8_SCALE, bit for bit; all zero on an ignored row; all NaN on a row holding a NaN. The
+    small vocabularies give a thread one value (400: 512 columns over 16 warps) or a replicated layout
+    (16), fewer than the four the conversion takes a call."""
     generator = torch.Generator(device=CUDA).manual_seed(5)
     logits = (4 * torch.randn(64, vocab, generator=generator, device=CUDA)).bfloat16()
     logits[7, 11] = float("nan")

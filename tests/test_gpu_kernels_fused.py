@@ -13,6 +13,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from e5m2_cases import e5m2_rounding_inputs
 
 from model.config import ModelConfig
 from model.decoder import IGNORE_INDEX, SigmaLM, rope_tables
@@ -244,24 +245,14 @@ def _grad8_bits_of(x_ptr, out_ptr, N: tl.constexpr, CVT: tl.constexpr):
 
 @pytest.mark.parametrize("cvt", [True, False], ids=["cvt_instruction", "integer_arithmetic"])
 def test_e5m2_conversions_round_as_torch_casts_and_keep_nan(cvt: bool) -> None:
-    """Both e5m2 conversions the row kernel can use, compiled for this GPU: every e5m2 value up to
-    GRAD8_SCALE, the midpoints between neighbours and the fp32 values either side of them, both signs,
-    give torch's cast bit for bit; both fp32 NaN forms (0x7FC00000, 0x7FFFFFFF) and a negative one stay NaN."""
-    finite = torch.arange(256, dtype=torch.uint8).view(torch.float8_e5m2).float()
-    finite = finite[finite.isfinite() & (finite.abs() <= linear_ce.GRAD8_SCALE)].unique()
-    mids = (finite[1:] + finite[:-1]) / 2
-    x = torch.cat([finite, mids, mids.nextafter(torch.tensor(float("inf"))),
-                   mids.nextafter(torch.tensor(float("-inf")))])
-    x = x[x.abs() <= linear_ce.GRAD8_SCALE]
-    nans = torch.tensor([0x7FC00000, 0x7FFFFFFF, -1], dtype=torch.int32).view(torch.float32)
-    n = triton.next_power_of_2(len(x) + len(nans))
-    padded = torch.zeros(n)
-    padded[: len(x)], padded[len(x): len(x) + len(nans)] = x, nans
-    out = torch.empty(n, dtype=torch.uint8, device=CUDA)
-    _grad8_bits_of[(1,)](padded.to(CUDA), out, N=n, CVT=cvt)
+    """Both e5m2 conversions the row kernel can use, compiled for this GPU, on the inputs of ``e5m2_cases``:
+    torch's cast bit for bit on the finite ones, NaN on the three NaNs."""
+    x, n, n_nan = e5m2_rounding_inputs(linear_ce.GRAD8_SCALE)
+    out = torch.empty(len(x), dtype=torch.uint8, device=CUDA)
+    _grad8_bits_of[(1,)](x.to(CUDA), out, N=len(x), CVT=cvt)
     out = out.cpu()
-    assert torch.equal(out[: len(x)], x.to(torch.float8_e5m2).view(torch.uint8))
-    assert torch.isnan(out[len(x): len(x) + len(nans)].view(torch.float8_e5m2).float()).all()
+    assert torch.equal(out[:n], x[:n].to(torch.float8_e5m2).view(torch.uint8))
+    assert torch.isnan(out[n: n + n_nan].view(torch.float8_e5m2).float()).all()
 
 
 @pytest.mark.parametrize("vocab", [32768, 50304, 400, 16], ids=["one_pass_rows", "two_pass_rows", "small", "tiny"])

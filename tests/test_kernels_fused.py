@@ -12,6 +12,7 @@ from functools import partial
 
 import pytest
 import torch
+from e5m2_cases import e5m2_rounding_inputs
 from sm90 import build_for_h100
 
 if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
@@ -406,24 +407,14 @@ def _e5m2_bits_of(x_ptr, out_ptr, N: tl.constexpr):
 
 
 def test_e5m2_bits_round_as_torch_casts_and_keep_nan() -> None:
-    """Every e5m2 value, the midpoints between neighbours (ties go to even) and points just either side of
-    them, both signs, subnormals included: the same bits as torch's cast. NaN stays NaN in both of its
-    fp32 forms, numpy's 0x7FC00000 and the GPU's 0x7FFFFFFF (which a plain rounding carry would turn into
-    -0)."""
-    finite = torch.arange(256, dtype=torch.uint8).view(torch.float8_e5m2).float()
-    finite = finite[finite.isfinite() & (finite.abs() <= linear_ce.GRAD8_SCALE)].unique()
-    mids = (finite[1:] + finite[:-1]) / 2
-    x = torch.cat([finite, mids, mids.nextafter(torch.tensor(float("inf"))),
-                   mids.nextafter(torch.tensor(float("-inf")))])
-    x = x[x.abs() <= linear_ce.GRAD8_SCALE]
-    nans = torch.tensor([0x7FC00000, 0x7FFFFFFF, -1], dtype=torch.int32).view(torch.float32)
-    n = triton.next_power_of_2(len(x) + len(nans))
-    padded = torch.zeros(n)
-    padded[: len(x)], padded[len(x): len(x) + len(nans)] = x, nans
-    out = torch.empty(n, dtype=torch.uint8)
-    _e5m2_bits_of[(1,)](padded, out, N=n)
-    assert torch.equal(out[: len(x)], x.to(E5M2).view(torch.uint8))
-    assert torch.isnan(out[len(x): len(x) + len(nans)].view(E5M2).float()).all()
+    """Every e5m2 value, the midpoints between neighbours and the points either side of them, both signs,
+    subnormals included (``e5m2_cases``): the same bits as torch's cast. NaN stays NaN in both of its fp32
+    forms, numpy's and the GPU's."""
+    x, n, n_nan = e5m2_rounding_inputs(linear_ce.GRAD8_SCALE)
+    out = torch.empty(len(x), dtype=torch.uint8)
+    _e5m2_bits_of[(1,)](x, out, N=len(x))
+    assert torch.equal(out[:n], x[:n].to(E5M2).view(torch.uint8))
+    assert torch.isnan(out[n: n + n_nan].view(E5M2).float()).all()
 
 
 @pytest.mark.parametrize("one_pass", [False, True], ids=["two_pass", "one_pass"])

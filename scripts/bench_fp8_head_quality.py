@@ -1,20 +1,24 @@
 """Does the FP8 LM head (``--fp8-lm-head on``) change what a model learns? Held-out loss, side by side.
 
     python3 scripts/bench_fp8_head_quality.py --data passages.jsonl --text-field passage
+    python3 scripts/bench_fp8_head_quality.py --data code.jsonl --device cuda --preset 124m ...  # an FP8 GPU
 
 Trains the same small SigmaLM on real text with Muon + C3O as the trainer builds them (Newton–Schulz in fp32, as the trainer runs it on the CPU),
 from the same
 initial weights, in three arms:
 
-* ``exact``       the exact loss (``linear_ce.reference``);
+* ``exact``       the exact loss (``linear_ce.reference``; on CUDA the fused bf16 kernel, ``triton_impl``,
+                  as the trainer runs it there);
 * ``exact_order`` the exact loss on the same batches in another order: how much the held-out loss moves
                   for a reason that should not matter, the yardstick for the next arm;
 * ``fp8``         the FP8 head's arithmetic (``linear_ce.reference_fp8``, which the Triton kernel
-                  ``triton_impl_fp8`` matches in tests/test_kernels_fused.py), same batches as ``exact``.
+                  ``triton_impl_fp8`` matches in tests/test_kernels_fused.py; on CUDA that kernel
+                  itself, as ``--fp8-lm-head on`` runs it), same batches as ``exact``.
 
 It prints the held-out loss (computed exactly in every arm) every ``--eval-every`` steps, and each arm's
-difference from ``exact``. On the CPU the parameters are fp32 (bf16 on a GPU), which does not change the
-FP8 quantisation being measured: h and W in e4m3, the logits' gradient in e5m2. Small model, short run:
+difference from ``exact``. On the CPU the parameters are fp32 and Newton–Schulz runs in fp32; with
+``--device cuda`` both are bf16, as the trainer runs them on a GPU. Neither changes the FP8 quantisation
+being measured: h and W in e4m3, the logits' gradient in e5m2. Small model, short run:
 evidence about the head's noise, not a substitute for a long GPU run.
 """
 
@@ -71,16 +75,21 @@ def batches(stream: torch.Tensor, n: int, batch: int, seq: int, seed: int) -> li
 
 def train(arm: str, args: argparse.Namespace, cfg, init: dict, train_batches: list, heldout: list) -> list[tuple]:
     """Held-out loss every ``eval_every`` steps: ``[(step, loss), ...]``."""
+    device = torch.device(args.device)
     model = SigmaLM(cfg)
     model.load_state_dict(init)
-    if arm == "fp8":
+    if device.type == "cuda":
+        model.to(device, torch.bfloat16)
+        model.use_kernels(linear_ce=linear_ce.triton_impl_fp8 if arm == "fp8" else linear_ce.triton_impl)
+        train_batches, heldout = [b.to(device) for b in train_batches], [b.to(device) for b in heldout]
+    elif arm == "fp8":
         model.use_kernels(linear_ce=linear_ce.reference_fp8)
     if arm == "exact_order":  # the same batches, another order
         order = torch.randperm(len(train_batches), generator=torch.Generator().manual_seed(args.seed + 2))
         train_batches = [train_batches[i] for i in order.tolist()]
     pair = build_optimizers(model, lr=args.lr, muon_lr=args.muon_lr, weight_decay=0.0, betas=(0.9, 0.95),
                             c3o_state_dtype=torch.float32, c3o_cautious=True, muon_momentum=0.95, ns_steps=5,
-                            seed=args.seed, ns_fn=partial(zeropower_via_newtonschulz, dtype=torch.float32))
+                            seed=args.seed, ns_fn=partial(zeropower_via_newtonschulz, dtype=model.embed_tokens.weight.dtype))
     groups = [g for opt in (pair.muon, pair.c3o) for g in opt.param_groups]
     peaks = [g["lr"] for g in groups]
 
@@ -128,6 +137,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--muon-lr", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: bf16 weights and the Triton kernels (the FP8 arm needs an FP8 GPU)")
     p.add_argument("--arms", nargs="+", default=["exact", "exact_order", "fp8"],
                    choices=["exact", "exact_order", "fp8"])
     p.add_argument("--json", type=Path, default=None)

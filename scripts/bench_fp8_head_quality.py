@@ -3,8 +3,7 @@
     python3 scripts/bench_fp8_head_quality.py --data passages.jsonl --text-field passage
     python3 scripts/bench_fp8_head_quality.py --data code.jsonl --device cuda --preset 124m ...  # an FP8 GPU
 
-Trains the same small SigmaLM on real text with Muon + C3O as the trainer builds them (Newton–Schulz in fp32, as the trainer runs it on the CPU),
-from the same
+Trains the same small SigmaLM on real text with Muon + C3O as the trainer builds them, from the same
 initial weights, in three arms:
 
 * ``exact``       the exact loss (``linear_ce.reference``; on CUDA the fused bf16 kernel, ``triton_impl``,

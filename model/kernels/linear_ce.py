@@ -37,7 +37,7 @@ import triton.language as tl
 
 from model.config import PRESETS
 from model.decoder import IGNORE_INDEX, linear_cross_entropy_reference
-from model.fp8 import E4M3, E5M2, quantise_tensorwise
+from model.fp8 import E4M3, E5M2, fp8_supported, quantise_tensorwise
 
 reference = linear_cross_entropy_reference
 
@@ -190,7 +190,7 @@ def _cross_entropy_rows_kernel(logits_ptr, stride_row, targets_ptr, loss_ptr, n_
 def _gpu_cvt(t: torch.Tensor) -> bool:
     """Whether a kernel on ``t`` compiles for a GPU that has the fp8 conversion instruction (sm_89 and later;
     not the interpreter, which cannot run PTX)."""
-    return t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.get_device_capability(t.device) >= (8, 9)
+    return fp8_supported(t.device) and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 def cross_entropy_rows(logits_CV: torch.Tensor, targets_C: torch.Tensor, loss_C: torch.Tensor,

@@ -43,10 +43,10 @@ from training.optim import build_optimizers  # noqa: E402
 from training.optim.newton_schulz import zeropower_via_newtonschulz  # noqa: E402
 
 
-def read_texts(path: Path, field: str, limit_chars: int) -> list[str]:
-    """The first documents of ``path`` (read as the trainer's local backend reads it), up to ``limit_chars``."""
+def read_texts(paths: list[Path], field: str, limit_chars: int) -> list[str]:
+    """The first documents of ``paths`` (read as the trainer's local backend reads them), up to ``limit_chars``."""
     texts, total = [], 0
-    for doc in local_documents([str(path)], text_field=field, cycle=False):
+    for doc in local_documents([str(p) for p in paths], text_field=field, cycle=False):
         texts.append(doc.text)
         total += len(doc.text)
         if total >= limit_chars:
@@ -72,7 +72,8 @@ def batches(stream: torch.Tensor, n: int, batch: int, seq: int, seed: int) -> li
     return [torch.stack([stream[s:s + seq + 1] for s in row.tolist()]) for row in starts]
 
 
-def train(arm: str, args: argparse.Namespace, cfg, init: dict, train_batches: list, heldout: list) -> list[tuple]:
+def train(arm: str, seed: int, args: argparse.Namespace, cfg, init: dict, train_batches: list,
+          heldout: list) -> list[tuple]:
     """Held-out loss every ``eval_every`` steps: ``[(step, loss), ...]``."""
     device = torch.device(args.device)
     model = SigmaLM(cfg)
@@ -84,11 +85,11 @@ def train(arm: str, args: argparse.Namespace, cfg, init: dict, train_batches: li
     elif arm == "fp8":
         model.use_kernels(linear_ce=linear_ce.reference_fp8)
     if arm == "exact_order":  # the same batches, another order
-        order = torch.randperm(len(train_batches), generator=torch.Generator().manual_seed(args.seed + 2))
+        order = torch.randperm(len(train_batches), generator=torch.Generator().manual_seed(seed + 2))
         train_batches = [train_batches[i] for i in order.tolist()]
     pair = build_optimizers(model, lr=args.lr, muon_lr=args.muon_lr, weight_decay=0.0, betas=(0.9, 0.95),
                             c3o_state_dtype=torch.float32, c3o_cautious=True, muon_momentum=0.95, ns_steps=5,
-                            seed=args.seed, ns_fn=partial(zeropower_via_newtonschulz, dtype=model.embed_tokens.weight.dtype))
+                            seed=seed, ns_fn=partial(zeropower_via_newtonschulz, dtype=model.embed_tokens.weight.dtype))
     groups = [g for opt in (pair.muon, pair.c3o) for g in opt.param_groups]
     peaks = [g["lr"] for g in groups]
 
@@ -114,7 +115,7 @@ def train(arm: str, args: argparse.Namespace, cfg, init: dict, train_batches: li
         pair.zero_grad(set_to_none=True)
         if step % args.eval_every == 0 or step == args.steps:
             curve.append((step, evaluate()))
-            print(json.dumps({"arm": arm, "step": step, "train_loss": round(loss.item(), 4),
+            print(json.dumps({"seed": seed, "arm": arm, "step": step, "train_loss": round(loss.item(), 4),
                               "heldout_loss": round(curve[-1][1], 4),
                               "s_per_step": round((time.perf_counter() - t0) / step, 3)}), flush=True)
     return curve
@@ -122,7 +123,8 @@ def train(arm: str, args: argparse.Namespace, cfg, init: dict, train_batches: li
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="a .jsonl file of texts")
+    p.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="files or folders the trainer's local backend reads (.jsonl[.gz], .txt, .py, ...)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--chars", type=int, default=6_000_000, help="characters of text to read")
     p.add_argument("--vocab-size", type=int, default=4096)
@@ -135,7 +137,8 @@ def main() -> None:
     p.add_argument("--eval-batches", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--muon-lr", type=float, default=0.02)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, nargs="+", default=[1337],
+                   help="one run of every arm per seed: other initial weights, other batches")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: bf16 weights and the Triton kernels (the FP8 arm needs an FP8 GPU)")
     p.add_argument("--arms", nargs="+", default=["exact", "exact_order", "fp8"],
@@ -146,31 +149,41 @@ def main() -> None:
     texts = read_texts(args.data, args.text_field, args.chars)
     stream = token_stream(texts, args.vocab_size)
     split = int(0.95 * len(stream))
-    train_batches = batches(stream[:split], args.steps, args.batch_size, args.seq_len, args.seed)
-    heldout = batches(stream[split:], args.eval_batches, args.batch_size, args.seq_len, args.seed + 1)
-    torch.manual_seed(args.seed)
-    cfg = from_preset(args.preset, vocab_size=args.vocab_size, max_seq_len=args.seq_len)
-    init = {k: v.clone() for k, v in SigmaLM(cfg).state_dict().items()}
     print(json.dumps({"texts": len(texts), "tokens": len(stream), "vocab": args.vocab_size, "preset": args.preset,
                       "tokens_per_step": args.batch_size * args.seq_len, "steps": args.steps,
                       "torch": torch.__version__}), flush=True)
+    # One held-out set for every seed, so that the seeds' exact arms can be compared with each other too.
+    heldout = batches(stream[split:], args.eval_batches, args.batch_size, args.seq_len, args.seed[0] + 1)
+    runs = [{"seed": seed, "curves": run_seed(seed, args, stream[:split], heldout)} for seed in args.seed]
+    for run in runs:
+        print_table(run["seed"], run["curves"], args)
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs},
+                                        indent=1))
 
+
+def run_seed(seed: int, args: argparse.Namespace, train_stream: torch.Tensor, heldout: list) -> dict:
+    """Every arm from the same ``seed``: its initial weights and training batches."""
+    train_batches = batches(train_stream, args.steps, args.batch_size, args.seq_len, seed)
+    torch.manual_seed(seed)
+    cfg = from_preset(args.preset, vocab_size=args.vocab_size, max_seq_len=args.seq_len)
+    init = {k: v.clone() for k, v in SigmaLM(cfg).state_dict().items()}
     curves = {}
     for arm in args.arms:
-        torch.manual_seed(args.seed)
-        curves[arm] = train(arm, args, cfg, init, train_batches, heldout)
+        torch.manual_seed(seed)
+        curves[arm] = train(arm, seed, args, cfg, init, train_batches, heldout)
+    return curves
 
-    print(f"\nheld-out loss ({args.eval_batches} x {args.batch_size} x {args.seq_len} tokens)")
+
+def print_table(seed: int, curves: dict, args: argparse.Namespace) -> None:
+    print(f"\nseed {seed}: held-out loss ({args.eval_batches} x {args.batch_size} x {args.seq_len} tokens)")
+    others = [arm for arm in args.arms if arm != "exact" and "exact" in curves]
     print(f"{'step':>6} " + " ".join(f"{arm:>12}" for arm in args.arms)
-          + "".join(f" {arm + '-exact':>18}" for arm in args.arms if arm != "exact" and "exact" in curves))
+          + "".join(f" {arm + '-exact':>18}" for arm in others))
     for i, (step, _) in enumerate(curves[args.arms[0]]):
         row = [curves[arm][i][1] for arm in args.arms]
-        diffs = [(curves[arm][i][1] - curves["exact"][i][1]) / curves["exact"][i][1]
-                 for arm in args.arms if arm != "exact" and "exact" in curves]
+        diffs = [(curves[arm][i][1] - curves["exact"][i][1]) / curves["exact"][i][1] for arm in others]
         print(f"{step:6d} " + " ".join(f"{v:12.4f}" for v in row) + "".join(f" {d:+18.2%}" for d in diffs))
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "curves": curves}, indent=1))
 
 
 if __name__ == "__main__":

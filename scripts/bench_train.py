@@ -16,6 +16,10 @@ step, and random tokens already on the GPU (no data cost), it times:
 * ``sigma_flip``  ``sigma`` with the kernel choice of the ops in ``--flip-ops`` reversed (Triton <-> the
                  compiled reference): the in-step A/B that decides what ``--kernels auto`` picks.
 * ``sigma_fp8``   ``sigma`` with the fused linear + CE's FP8 matmuls (the trainer's ``--fp8-lm-head on``).
+* ``sigma_bf16_head`` ``sigma`` with the LM head in bf16 (``--fp8-lm-head off``).
+
+``sigma``, ``sigma_adamw`` and ``sigma_flip`` decide the FP8 LM head as the trainer does (``--fp8-lm-head``,
+default ``auto``: on where the fused linear + CE runs on FP8 tensor cores); each row says whether it ran.
 
 All contenders of a preset are built and warmed up first (compilation and warm-up excluded), then
 timed in turns: ``--repeats`` rounds, each one window of ``--steps`` steps (CUDA events) per
@@ -70,7 +74,7 @@ from model.hf_compat import config_to_hf  # noqa: E402
 from training.metrics import ResourceSampler  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
-CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8")
+CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head")
 BASELINES = ("hf_qwen3", "plain")
 
 
@@ -140,7 +144,8 @@ class PlainLM(nn.Module):
 # ---------------------------------------------------------------------------- contenders
 
 
-SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip", "sigma_fp8")
+SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head")
+FP8_HEAD_FORCED = {"sigma_fp8": "on", "sigma_bf16_head": "off"}  # the others follow --fp8-lm-head
 
 
 def build(
@@ -209,7 +214,8 @@ def build(
     if start is not None:
         model.load_state_dict(start)
     choices = {"sigma_flip": flipped_choices, "sigma_fp8": fp8_choices}.get(name, kernel_choices)(args, device)
-    kernels.apply_to_model(model, choices, fp8_lm_head=name == "sigma_fp8")
+    fp8_head = kernels.fp8_lm_head_wanted(FP8_HEAD_FORCED.get(name, args.fp8_lm_head), model, choices)
+    kernels.apply_to_model(model, choices, fp8_lm_head=fp8_head)
     if name != "sigma_adamw":
         pair = build_optimizers(
             model, lr=args.c3o_lr, muon_lr=args.muon_lr, weight_decay=0.0, betas=(0.9, 0.95),
@@ -239,7 +245,7 @@ def build(
         pair.zero_grad(set_to_none=True)
         return total / accum
 
-    step.model, step.optimizer = model, pair
+    step.model, step.optimizer, step.fp8_lm_head = model, pair, fp8_head
     return step
 
 
@@ -478,6 +484,7 @@ def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
             "tokens_per_s": tokens_per_s, "mfu": fpt * tokens_per_s / (peak * 1e12) if peak else None,
             "peak_mem_gb": prepared[name]["peak_mem_gb"], "warmup_s": prepared[name]["warmup_s"],
             "loss": losses[name], "start_weights": start_from.get(name, "init"),
+            "fp8_lm_head": getattr(prepared[name]["step"], "fp8_lm_head", None),
             "sm_clock_mhz": median_or_none([r["gpu_sm_clock_mhz"] for r in readings[name]]),
             "power_w": median_or_none([r["gpu_power_w"] for r in readings[name]]),
         })
@@ -504,6 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--triton-ops", nargs="*", default=None, choices=list(kernels.KERNELS),
                    help="use the Triton kernel for exactly these ops (overrides --kernels)")
     p.add_argument("--compile", choices=("on", "off"), default="on")
+    p.add_argument("--fp8-lm-head", choices=kernels.FP8_LM_HEAD_MODES, default="auto",
+                   help="the trainer's flag, for sigma, sigma_adamw and sigma_flip")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--profile", default=None, metavar="DIR", help="write a torch.profiler kernel table per contender")

@@ -5,8 +5,12 @@
 #   scripts/gpu_figures.sh OUT_DIR ab        # linear + CE on/off in the step at both sizes; NS vs cuBLAS
 #   scripts/gpu_figures.sh OUT_DIR ab_qk     # QK norm + RoPE kernel on/off in the step at both sizes
 #   scripts/gpu_figures.sh OUT_DIR fp8       # FP8 LM head: linear + CE kernel rows, and in the step at 124m
+#                                            # (sigma runs it by default; sigma_bf16_head is the head in bf16)
 #   scripts/gpu_figures.sh OUT_DIR fp8_350   # FP8 LM head in the step at 350m
 #   scripts/gpu_figures.sh OUT_DIR fp8_quality # 124m, 300 steps on the seed corpus, bf16 head then FP8 head
+#   scripts/gpu_figures.sh OUT_DIR fp8_quality_mixed  # 124m, held-out loss with and without the FP8 head, two
+#                                            # seeds, on runs/corpus_mixed.jsonl.gz (scripts/offline_corpus.py;
+#                                            # carried to the GPU machine)
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -16,8 +20,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -64,12 +68,18 @@ case $part in
         bench bench_kernels_linear_ce 150 python3 scripts/bench_kernels.py --presets 124m 350m --ops linear_ce \
             --json "$out/kernels_linear_ce.json"
         bench bench_train_fp8_124m 400 python3 scripts/bench_train.py --presets 124m --contenders plain sigma \
-            sigma_fp8 --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_124m.json" --profile "$out" \
-            --profile-contenders sigma_fp8
+            sigma_bf16_head --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_124m.json" --profile "$out" \
+            --profile-contenders sigma
         ;;
     fp8_350)
         bench bench_train_fp8_350m 560 python3 scripts/bench_train.py --presets 350m --contenders plain sigma \
-            sigma_fp8 --steps 6 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_350m.json"
+            sigma_bf16_head --steps 6 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_350m.json"
+        ;;
+    fp8_quality_mixed)  # 600 steps of 16 x 1024 tokens: 9.8M of the corpus's 11.8M training tokens
+        bench fp8_head_quality_124m_mixed 575 python3 scripts/bench_fp8_head_quality.py \
+            --data runs/corpus_mixed.jsonl.gz --chars 100000000 --device cuda --preset 124m --vocab-size 32768 \
+            --seq-len 1024 --batch-size 16 --steps 600 --warmup 30 --eval-every 100 --eval-batches 32 \
+            --seed 1337 2024 --arms exact fp8 --json "$out/fp8_head_quality_124m_mixed.json"
         ;;
     fp8_quality)  # same seed, data and schedule; only --fp8-lm-head differs. Losses side by side at the end.
         job=(@train_sigma_args.txt --model-preset 124m --steps 300 --seq-len 2048 --batch-size 32 --grad-accum 1

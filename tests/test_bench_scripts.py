@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench_train  # noqa: E402
 
 from model.config import from_preset  # noqa: E402
+from model.kernels import linear_ce  # noqa: E402
 
 TINY_RUN = ["--device", "cpu", "--presets", "tiny", "--seq-len", "64", "--tokens-per-step", "512", "--steps", "1",
             "--repeats", "1", "--warmup", "1", "--compile", "off"]
@@ -46,6 +47,7 @@ def test_bench_train_smoke_with_shared_weights(tmp_path: Path) -> None:
         assert row["tokens_per_s"] > 0 and row["step_ms"] > 0 and row["loss"] == pytest.approx(row["loss"])
         assert row["mfu"] is None and row["sm_clock_mhz"] is None  # no peak and no NVML on the CPU
     assert rows["plain"]["vs_best_baseline"] == 1.0
+    assert rows["plain"]["fp8_lm_head"] is None and rows["sigma"]["fp8_lm_head"] is False  # auto: off on the CPU
 
 
 def tiny_args(*flags: str) -> argparse.Namespace:
@@ -66,6 +68,19 @@ def test_shared_weights_start_where_the_first_contender_stopped() -> None:
     shared = bench_train.build("sigma_adamw", cfg, device, args, start=trained).model.state_dict()
     assert shared.keys() == trained.keys()
     assert all(torch.equal(shared[k], v) for k, v in trained.items())
+
+
+def test_fp8_lm_head_per_contender() -> None:
+    """``sigma`` follows ``--fp8-lm-head`` as the trainer does; ``sigma_fp8`` and ``sigma_bf16_head`` force it."""
+    cfg = from_preset("tiny", vocab_size=256, max_seq_len=32)
+    device = torch.device("cpu")
+    assert bench_train.build("sigma", cfg, device, tiny_args()).fp8_lm_head is False  # auto, on the CPU
+    fp8 = bench_train.build("sigma_fp8", cfg, device, tiny_args())
+    assert fp8.fp8_lm_head is True and fp8.model.linear_ce is linear_ce.triton_impl_fp8
+    forced_on = tiny_args("--fp8-lm-head", "on")
+    assert bench_train.build("sigma_bf16_head", cfg, device, forced_on).fp8_lm_head is False
+    with pytest.raises(RuntimeError, match="fused linear \\+ CE kernel"):  # --kernels torch has no fused kernel
+        bench_train.build("sigma", cfg, device, forced_on)
 
 
 def test_learning_rates_reach_the_optimizers() -> None:
@@ -150,20 +165,27 @@ def test_compare_runs_prints_both_runs_losses_side_by_side(tmp_path) -> None:
 
 
 def test_fp8_head_quality_smoke(tmp_path) -> None:
-    """The three arms train from the same weights on real code paths and the table compares them."""
+    """The three arms train from the same weights on real code paths and the table compares them, per seed."""
     words = ["the", "model", "reads", "text", "and", "learns", "which", "token", "comes", "next", "in"]
     rng = random.Random(0)
     lines = [json.dumps({"passage": " ".join(rng.choice(words) for _ in range(60))}) for _ in range(400)]
     data = tmp_path / "passages.jsonl"
-    data.write_text("\n".join(lines) + "\n")
+    data.write_text("\n".join(lines[:300]) + "\n")
+    (tmp_path / "more.jsonl").write_text("\n".join(lines[300:]) + "\n")
     out = tmp_path / "quality.json"
-    result = run_script("bench_fp8_head_quality.py", "--data", str(data), "--text-field", "passage",
+    result = run_script("bench_fp8_head_quality.py", "--data", str(data), str(tmp_path / "more.jsonl"),
+                        "--text-field", "passage", "--seed", "3", "4",
                         "--vocab-size", "320", "--seq-len", "32", "--batch-size", "4", "--steps", "4",
                         "--warmup", "2", "--eval-every", "2", "--eval-batches", "2", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "exact_order-exact" in result.stdout and "fp8-exact" in result.stdout
-    curves = json.loads(out.read_text())["curves"]
+    assert "seed 3:" in result.stdout and "seed 4:" in result.stdout
+    assert '"texts": 400' in result.stdout  # both files read
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["seed"] for r in runs] == [3, 4]
+    curves = runs[0]["curves"]
     assert set(curves) == {"exact", "exact_order", "fp8"}
     assert {len(c) for c in curves.values()} == {3}  # steps 0, 2 and 4
     assert len({c[0][1] for c in curves.values()}) == 1  # one starting model
+    assert runs[1]["curves"]["exact"][0][1] != curves["exact"][0][1]  # the second seed's own weights
     assert curves["fp8"][-1][1] != curves["exact"][-1][1]  # the FP8 arm trained differently

@@ -65,7 +65,7 @@ def test_help_and_version():
         (["--steps", "5", "--warmup-steps", "10"], "--warmup-steps 10 is more than --steps 5"),
         (["--device", "cpu", "--hardware-profile", "bf16"], "--hardware-profile bf16 needs a CUDA GPU"),
         (["--fp8-lm-head", "on", "--kernels", "torch"], "--fp8-lm-head on runs inside the fused linear + CE"),
-        (["--fp8-lm-head", "maybe"], "argument --fp8-lm-head: expected on or off"),
+        (["--fp8-lm-head", "maybe"], "argument --fp8-lm-head: invalid choice: 'maybe' (choose from 'auto', 'on', 'off')"),
         (["--tokenizer", "/nonexistent/tok.json"], "--tokenizer '/nonexistent/tok.json' is neither"),
         (["--init-from", "/nonexistent/model"], "--init-from '/nonexistent/model' is not a Hugging Face"),
         (["--data-backend", "hybrid", "--mix", "fineweb=1"], "argument --mix: expected name=weight pairs"),

@@ -12,6 +12,7 @@ import torch
 
 from model.config import ModelConfig
 from model.decoder import SigmaLM
+from model.fp8 import fp8_supported
 from training.optim.muon import Muon
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -75,12 +76,25 @@ def test_trainer_end_to_end_on_cuda(tmp_path):
     assert all(s["mfu"] is None or 0 < s["mfu"] < 1 for s in steps)
 
 
-def test_trainer_with_fp8_lm_head_on_cuda(tmp_path):
-    """``--fp8-lm-head on`` through the real CLI: reported at start-up, and the model still learns."""
-    r, records = _train_tiny_on_cuda(tmp_path, "--fp8-lm-head", "on")
+@pytest.mark.parametrize("flag", [(), ("--fp8-lm-head", "on")], ids=["default", "on"])
+def test_trainer_with_fp8_lm_head_on_cuda(tmp_path, flag):
+    """The FP8 head through the real CLI, by default (``auto``) on an FP8 GPU and with ``on``: reported at
+    start-up, and the model still learns."""
+    if not fp8_supported(torch.device("cuda")):
+        pytest.skip("needs FP8 tensor cores (compute capability 8.9+)")
+    r, records = _train_tiny_on_cuda(tmp_path, *flag)
     assert "[sigma] fp8_lm_head_active=1" in r.stdout
     (startup,) = [x for x in records if x["event"] == "startup"]
     assert startup["fp8_lm_head_active"] == 1 and startup["kernels"]["linear_ce"] == "triton"
+    assert records[-1]["event"] == "end" and records[-1]["heldout_loss_drop"] > 0.3
+
+
+def test_trainer_with_fp8_lm_head_off_on_cuda(tmp_path):
+    """``--fp8-lm-head off`` keeps the LM head in bf16 on any GPU."""
+    r, records = _train_tiny_on_cuda(tmp_path, "--fp8-lm-head", "off")
+    assert "[sigma] fp8_lm_head_active=0" in r.stdout
+    (startup,) = [x for x in records if x["event"] == "startup"]
+    assert startup["fp8_lm_head_active"] == 0
     assert records[-1]["event"] == "end" and records[-1]["heldout_loss_drop"] > 0.3
 
 

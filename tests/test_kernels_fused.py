@@ -457,6 +457,25 @@ def test_linear_ce_fp8_evaluates_exactly_and_handles_all_ignored() -> None:
         assert (grad_h == 0).all() and (grad_w == 0).all()
 
 
+def test_fp8_lm_head_auto_runs_it_only_where_fp8_tensor_cores_run_the_fused_kernel() -> None:
+    """``--fp8-lm-head auto`` (the default) is off on the CPU, where the kernel only runs interpreted, even with
+    the fused kernel chosen; ``on`` and ``off`` are taken as given (``apply_to_model`` checks ``on``)."""
+    from model import kernels
+
+    dims = dict(n_layer=1, n_head=2, n_kv_head=1, d_model=32, d_ff=64, head_dim=16, max_seq_len=16)
+    model = SigmaLM(ModelConfig(vocab_size=96, **dims))
+    torch_only = dict.fromkeys(kernels.KERNELS, "torch")
+    with_kernel = {**torch_only, "linear_ce": "triton"}
+    assert kernels.fp8_lm_head_problem(model, with_kernel) is None
+    assert "fused linear + CE kernel" in kernels.fp8_lm_head_problem(model, torch_only)
+    assert not kernels.fp8_lm_head_wanted("auto", model, with_kernel)
+    assert not kernels.fp8_lm_head_wanted("auto", model, torch_only)
+    assert kernels.fp8_lm_head_wanted("on", model, torch_only)
+    assert not kernels.fp8_lm_head_wanted("off", model, with_kernel)
+    with pytest.raises(ValueError, match="--fp8-lm-head must be one of"):
+        kernels.fp8_lm_head_wanted("yes", model, with_kernel)
+
+
 def test_fp8_lm_head_needs_the_fused_kernel_and_trains() -> None:
     """``apply_to_model(fp8_lm_head=True)`` refuses without the linear + CE kernel, and for a vocabulary
     FP8 matmuls cannot take, naming the fix; otherwise a tiny model's loss falls over a few AdamW steps."""

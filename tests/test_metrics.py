@@ -64,6 +64,7 @@ def test_every_step_record_has_the_full_schema(tmp_path):
     (startup,) = [x for x in recs if x["event"] == "startup"]
     for key in STARTUP_SCHEMA:
         assert key in startup, key
+    assert startup["fp8_lm_head_active"] == 0  # --fp8-lm-head auto: off on the CPU
     assert len({x["run_id"] for x in recs}) == 1
     assert "eta=" in r.stdout and "bottleneck=" in r.stdout
 

@@ -27,8 +27,8 @@ class HardwareConfig:
     """auto | triton | torch: which kernels run (see model.kernels)."""
     compile_cache: bool = True
     """persist torch.compile's cache next to the checkpoints."""
-    fp8_lm_head: bool = False
-    """FP8 matmuls in the fused LM head + cross-entropy (model.kernels.linear_ce.triton_impl_fp8)."""
+    fp8_lm_head: str = "auto"
+    """auto | on | off: FP8 matmuls in the fused LM head + cross-entropy (model.kernels.fp8_lm_head_wanted)."""
 
 
 @dataclass

@@ -328,7 +328,8 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     heldout = pipeline.heldout_batches(loop.eval_batches)
     model = build_model(cfg, tok.get_vocab_size(), hw, ckpt["state"] if ckpt else None)
     kernel_choices = kernels.resolve(cfg.hardware.kernels, hw.device, compile=hw.compile)
-    kernels.apply_to_model(model, kernel_choices, fp8_lm_head=cfg.hardware.fp8_lm_head)
+    fp8_lm_head = kernels.fp8_lm_head_wanted(cfg.hardware.fp8_lm_head, model, kernel_choices)
+    kernels.apply_to_model(model, kernel_choices, fp8_lm_head=fp8_lm_head)
     # The Triton kernel where chosen, else the PyTorch iteration in the profile's dtype (fp32 on the CPU).
     ns_kernel = kernels.ns_fn(kernel_choices) or partial(zeropower_via_newtonschulz, dtype=hw.ns_dtype)
     opt = build_optimizers(
@@ -403,7 +404,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "flops_per_token": model.flops_per_token(cfg.model.seq_len), **split_summary, **hw.startup_fields(),
         "checkpoint_resume_step": resume_step, "checkpoint_quarantine_count": quarantined,
         "bitnet_1_58_active": int(model.cfg.bitnet), "trl_grpo_available": int(trl_grpo_available()),
-        "fp8_lm_head_active": int(cfg.hardware.fp8_lm_head),
+        "fp8_lm_head_active": int(fp8_lm_head),
         "run_id": metrics.run_id, "kernels": kernel_choices, "ns_coefficients": cfg.optim.ns_coefficients,
         "compile_cache_loaded": int(compile_cache_loaded),
         **{k: v for k, v in s.batches.stats().items() if k.endswith("_up") or k == "data_fallback_seed"},
@@ -411,7 +412,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     }
     console.facts(model_params=n_params, **split_summary, **inversion, checkpoint_resume_step=resume_step,
                   checkpoint_quarantine_count=quarantined, bitnet_1_58_active=int(model.cfg.bitnet),
-                  fp8_lm_head_active=int(cfg.hardware.fp8_lm_head),
+                  fp8_lm_head_active=int(fp8_lm_head),
                   kernels=",".join(f"{op}={c}" for op, c in kernel_choices.items()),
                   trl_grpo_available=s.startup["trl_grpo_available"], run_id=metrics.run_id,
                   startup_init_s=round(s.startup["startup_init_s"], 2))

@@ -90,31 +90,56 @@ def ns_fn(choices: dict[str, str]) -> Callable | None:
     return kernel("newton_schulz", "triton") if choices["newton_schulz"] == "triton" else None
 
 
+FP8_LM_HEAD_MODES = ("auto", "on", "off")
+
+
+def fp8_lm_head_problem(model: torch.nn.Module, choices: dict[str, str]) -> str | None:
+    """Why this model cannot run the FP8 LM head with these kernel choices (the message names the fix), or None."""
+    from model.fp8 import FP8_DIM_MULTIPLE, fp8_supported
+
+    device = next(model.parameters()).device
+    if choices["linear_ce"] != "triton":
+        return ("--fp8-lm-head on: the FP8 LM head is part of the fused linear + CE kernel, which this run does "
+                f"not use (linear_ce={choices['linear_ce']}). Use --kernels auto on a GPU, or --fp8-lm-head off.")
+    if device.type == "cuda" and not fp8_supported(device):
+        return (f"--fp8-lm-head on needs FP8 tensor cores (compute capability 8.9 or later); "
+                f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}. "
+                "Use --fp8-lm-head off.")
+    V, D = model.lm_head.weight.shape
+    if V % FP8_DIM_MULTIPLE or D % FP8_DIM_MULTIPLE:
+        return (f"--fp8-lm-head on: FP8 matmuls need the vocabulary size and d_model to be multiples of "
+                f"{FP8_DIM_MULTIPLE}; this model has {V} and {D}. Use --fp8-lm-head off.")
+    return None
+
+
+def fp8_lm_head_wanted(mode: str, model: torch.nn.Module, choices: dict[str, str]) -> bool:
+    """Whether ``--fp8-lm-head MODE`` runs the FP8 LM head for this model and these kernel choices.
+
+    ``on`` and ``off`` as given (:func:`apply_to_model` refuses ``on`` where it cannot run). ``auto`` turns it
+    on wherever it runs compiled on FP8 tensor cores: the fused linear + CE chosen, a CUDA GPU of compute
+    capability 8.9 or later, vocabulary and d_model multiples of 16. It stays off on the CPU, where the kernel
+    only runs in Triton's interpreter. PERFORMANCE.md, "The FP8 LM head", has the speed and loss evidence.
+    """
+    if mode not in FP8_LM_HEAD_MODES:
+        raise ValueError(f"--fp8-lm-head must be one of {FP8_LM_HEAD_MODES}; got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    return next(model.parameters()).device.type == "cuda" and fp8_lm_head_problem(model, choices) is None
+
+
 def apply_to_model(model: torch.nn.Module, choices: dict[str, str], *, fp8_lm_head: bool = False) -> None:
     """Install the Triton kernels chosen for the model (RMSNorm, linear + CE, BitNet, QK norm + RoPE).
 
     Ops left on ``"torch"`` keep the model's built-in references, so nothing is imported for them.
-    ``fp8_lm_head``: the fused linear + CE with FP8 matmuls (``--fp8-lm-head``). It needs that kernel and,
-    on CUDA, an FP8 GPU; the CPU runs it (slowly, under ``TRITON_INTERPRET=1``) for the tests. Raises
-    ``RuntimeError`` naming the fix otherwise.
+    ``fp8_lm_head``: the fused linear + CE with FP8 matmuls (``--fp8-lm-head``; :func:`fp8_lm_head_wanted`
+    decides it). It needs that kernel and, on CUDA, an FP8 GPU; the CPU runs it (slowly, under
+    ``TRITON_INTERPRET=1``) for the tests. Raises ``RuntimeError`` naming the fix otherwise.
     """
     model_ops = ("rms_norm", "linear_ce", "bitnet_quant", "qk_norm_rope")
     chosen = {op: kernel(op, "triton") for op in model_ops if choices[op] == "triton"}
     if fp8_lm_head:
-        from model.fp8 import FP8_DIM_MULTIPLE, fp8_supported
-
-        device = next(model.parameters()).device
-        if "linear_ce" not in chosen:
-            raise RuntimeError("--fp8-lm-head on: the FP8 LM head is part of the fused linear + CE kernel, which "
-                               f"this run does not use (linear_ce={choices['linear_ce']}). Use --kernels auto on "
-                               "a GPU, or --fp8-lm-head off.")
-        if device.type == "cuda" and not fp8_supported(device):
-            raise RuntimeError(f"--fp8-lm-head on needs FP8 tensor cores (compute capability 8.9 or later); "
-                               f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}. "
-                               "Use --fp8-lm-head off.")
-        V, D = model.lm_head.weight.shape
-        if V % FP8_DIM_MULTIPLE or D % FP8_DIM_MULTIPLE:
-            raise RuntimeError(f"--fp8-lm-head on: FP8 matmuls need the vocabulary size and d_model to be multiples "
-                               f"of {FP8_DIM_MULTIPLE}; this model has {V} and {D}. Use --fp8-lm-head off.")
+        problem = fp8_lm_head_problem(model, choices)
+        if problem:
+            raise RuntimeError(problem)
         chosen["linear_ce"] = importlib.import_module("model.kernels.linear_ce").triton_impl_fp8
     model.use_kernels(**chosen)

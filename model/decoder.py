@@ -38,14 +38,6 @@ from model.config import ModelConfig
 IGNORE_INDEX = -100  # target id excluded from the loss (padding, prompt tokens)
 
 
-def swiglu_mlp_reference(
-    x: torch.Tensor, w_gate_FD: torch.Tensor, w_up_FD: torch.Tensor, w_down_DF: torch.Tensor
-) -> torch.Tensor:
-    """The SwiGLU MLP ``down(silu(gate(x)) * up(x))`` from its three weights: the signature every fused
-    MLP kernel shares."""
-    return F.linear(F.silu(F.linear(x, w_gate_FD)) * F.linear(x, w_up_FD), w_down_DF)
-
-
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim in fp32, cast back before the weight multiply (as HF's Qwen3RMSNorm).
 
@@ -195,24 +187,15 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
-
-    ``fused`` is a kernel with :func:`swiglu_mlp_reference`'s signature (:meth:`SigmaLM.use_kernels`). It
-    takes the three weights only while all three projections are plain ``nn.Linear``: a BitNet layer or
-    a PEFT adapter wrapped around one keeps the modules' own forwards.
-    """
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.gate_proj = block_linear(cfg, cfg.d_model, cfg.d_ff)
         self.up_proj = block_linear(cfg, cfg.d_model, cfg.d_ff)
         self.down_proj = block_linear(cfg, cfg.d_ff, cfg.d_model)
-        self.fused: Callable | None = None
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        projections = (self.gate_proj, self.up_proj, self.down_proj)
-        if self.fused is not None and all(type(p) is nn.Linear for p in projections):
-            return self.fused(x_BTD, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
         return self.down_proj(F.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
 
 
@@ -256,7 +239,6 @@ class SigmaLM(nn.Module):
         linear_ce: Callable | None = None,
         bitnet_quant: Callable | None = None,
         qk_norm_rope: Callable | None = None,
-        swiglu_mlp: Callable | None = None,
     ) -> "SigmaLM":
         """Swap in kernels with the reference signatures (None keeps the current one). Returns self.
 
@@ -264,15 +246,13 @@ class SigmaLM(nn.Module):
         :func:`linear_cross_entropy_reference`, ``bitnet_quant`` like
         :func:`model.bitnet.bitnet_quant_reference`, ``qk_norm_rope`` like
         :func:`qk_norm_rope_reference` (it then takes the QK norms' place, ``rms_norm`` the block
-        norms'), ``swiglu_mlp`` like :func:`swiglu_mlp_reference`. Weights and state dict are untouched.
+        norms'). Weights and state dict are untouched.
         """
         for module in self.modules():
             if rms_norm is not None and isinstance(module, RMSNorm):
                 module.fn = rms_norm
             if qk_norm_rope is not None and isinstance(module, Attention):
                 module.qk_norm_rope = qk_norm_rope
-            if swiglu_mlp is not None and isinstance(module, MLP):
-                module.fused = swiglu_mlp
             if bitnet_quant is not None and isinstance(module, BitLinear):
                 module.quant = bitnet_quant
         if linear_ce is not None:

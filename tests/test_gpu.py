@@ -92,6 +92,20 @@ def test_trainer_fp8_lm_head_on_cuda(tmp_path, flag, active):
     assert records[-1]["event"] == "end" and records[-1]["heldout_loss_drop"] > 0.3
 
 
+def test_trainer_bitnet_with_the_fp8_lm_head_on_cuda(tmp_path):
+    """BitNet 1.58 (the block linears) and the default FP8 LM head together through the real CLI: both
+    reported at start-up, and the model learns."""
+    if not fp8_supported(torch.device("cuda")):
+        pytest.skip("needs FP8 tensor cores (compute capability 8.9+)")
+    r, records = _train_tiny_on_cuda(tmp_path, "--bitnet-1-58", "on")
+    assert "[sigma] fp8_lm_head_active=1" in r.stdout and "[sigma] bitnet_1_58_active=1" in r.stdout
+    (startup,) = [x for x in records if x["event"] == "startup"]
+    assert startup["fp8_lm_head_active"] == 1 and startup["bitnet_1_58_active"] == 1
+    end = records[-1]
+    print("bitnet + fp8 head: heldout_loss_drop", end.get("heldout_loss_drop"))
+    assert end["event"] == "end" and end["heldout_loss_drop"] > 0.3
+
+
 def _tiny_session(tmp_path, *extra: str):
     from training.cli import parse_args
     from training.config import RunConfig

@@ -36,7 +36,6 @@ KERNELS: dict[str, tuple[str, bool]] = {
     "linear_ce": ("linear_ce", True),
     "bitnet_quant": ("bitnet", False),
     "qk_norm_rope": ("qk_norm_rope", True),
-    "swiglu_mlp": ("swiglu", False),
 }
 KERNEL_MODES = ("auto", "triton", "torch")
 
@@ -129,14 +128,14 @@ def fp8_lm_head_wanted(mode: str, model: torch.nn.Module, choices: dict[str, str
 
 
 def apply_to_model(model: torch.nn.Module, choices: dict[str, str], *, fp8_lm_head: bool = False) -> None:
-    """Install the Triton kernels chosen for the model (RMSNorm, linear + CE, BitNet, QK norm + RoPE, MLP).
+    """Install the Triton kernels chosen for the model (RMSNorm, linear + CE, BitNet, QK norm + RoPE).
 
     Ops left on ``"torch"`` keep the model's built-in references, so nothing is imported for them.
     ``fp8_lm_head``: the fused linear + CE with FP8 matmuls (``--fp8-lm-head``; :func:`fp8_lm_head_wanted`
     decides it). It needs that kernel and, on CUDA, an FP8 GPU; the CPU runs it (slowly, under
     ``TRITON_INTERPRET=1``) for the tests. Raises ``RuntimeError`` naming the fix otherwise.
     """
-    model_ops = ("rms_norm", "linear_ce", "bitnet_quant", "qk_norm_rope", "swiglu_mlp")
+    model_ops = ("rms_norm", "linear_ce", "bitnet_quant", "qk_norm_rope")
     chosen = {op: kernel(op, "triton") for op in model_ops if choices[op] == "triton"}
     if fp8_lm_head:
         problem = fp8_lm_head_problem(model, choices)

@@ -85,6 +85,10 @@ def test_fp8_lm_head_per_contender() -> None:
         bench_train.build("sigma", cfg, device, forced_on)
 
 
+def test_default_contenders_are_the_baselines_and_our_stack() -> None:
+    assert bench_train.parse_args([]).contenders == ["hf_qwen3", "plain", "sigma", "sigma_adamw"]
+
+
 def test_learning_rates_reach_the_optimizers() -> None:
     cfg = from_preset("tiny", vocab_size=256, max_seq_len=32)
     args = tiny_args("--muon-lr", "0.05", "--c3o-lr", "1e-4", "--adamw-lr", "2e-3")

@@ -78,7 +78,7 @@ from training.optim import build_optimizers  # noqa: E402
 
 CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head")
 # What a plain run times: the two baselines, our stack, and the same model with fused AdamW. Each contender
-# compiles for ~1 minute on an H100, so the A/B ones (flip, FP8 / bf16 head) are named when wanted.
+# compiles for up to a minute on an H100, so the A/B ones (flip, FP8 / bf16 head) are named when wanted.
 DEFAULT_CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw")
 BASELINES = ("hf_qwen3", "plain")
 

@@ -79,17 +79,19 @@ def measure(D: int, F: int) -> dict:
     return row
 
 
-def main() -> None:
+def run_presets(measure_preset) -> None:
+    """Both presets' MLP shapes through ``measure_preset(D, F)``, printed and optionally written as JSON
+    (``--json OUT``); ``tma_probe.py`` shares it."""
     p = argparse.ArgumentParser()
     p.add_argument("--json", default=None)
     args = p.parse_args()
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     for preset, (D, F) in {"124m": (768, 2048), "350m": (1024, 2816)}.items():
-        results[preset] = measure(D, F)
+        results[preset] = measure_preset(D, F)
         print(json.dumps({preset: results[preset]}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    run_presets(measure)

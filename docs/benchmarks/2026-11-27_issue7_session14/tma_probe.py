@@ -6,13 +6,10 @@ tile or one persistent program per SM, and optionally Triton's warp specialisati
 Self-contained; on the GPU machine: python3 tma_probe.py [--json OUT]
 """
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
 import triton
 import triton.language as tl
+from epilogue_probe import run_presets  # the script beside this one (its folder is on sys.path)
 from triton.testing import do_bench
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -95,17 +92,5 @@ def measure(D: int, F: int) -> dict:
     return row
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--json", default=None)
-    args = p.parse_args()
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
-    for preset, (D, F) in {"124m": (768, 2048), "350m": (1024, 2816)}.items():
-        results[preset] = measure(D, F)
-        print(json.dumps({preset: results[preset]}), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    run_presets(measure)

@@ -17,8 +17,11 @@ step, and random tokens already on the GPU (no data cost), it times:
                  compiled reference): the in-step A/B that decides what ``--kernels auto`` picks.
 * ``sigma_fp8``   ``sigma`` with the fused linear + CE's FP8 matmuls (the trainer's ``--fp8-lm-head on``).
 * ``sigma_bf16_head`` ``sigma`` with the LM head in bf16 (``--fp8-lm-head off``).
+* ``sigma_fp8_linears`` ``sigma`` with every block linear in FP8 through torchao's float8 training
+                 (``convert_to_float8_training``, recipe ``--fp8-linears-recipe``): the experiment of
+                 FP8 matmuls beyond the LM head. The trainer has no such flag.
 
-Without ``--contenders`` it times the first four; the last three are A/B contenders, named when wanted.
+Without ``--contenders`` it times the first four; the last four are A/B contenders, named when wanted.
 
 ``sigma``, ``sigma_adamw`` and ``sigma_flip`` decide the FP8 LM head as the trainer does (``--fp8-lm-head``,
 default ``auto``: on where the fused linear + CE runs on FP8 tensor cores); each row says whether it ran.
@@ -76,7 +79,8 @@ from model.hf_compat import config_to_hf  # noqa: E402
 from training.metrics import ResourceSampler  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
-CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head")
+CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head",
+              "sigma_fp8_linears")
 # What a plain run times: the two baselines, our stack, and the same model with fused AdamW. Each contender
 # compiles for up to a minute on an H100, so the A/B ones (flip, FP8 / bf16 head) are named when wanted.
 DEFAULT_CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw")
@@ -149,7 +153,8 @@ class PlainLM(nn.Module):
 # ---------------------------------------------------------------------------- contenders
 
 
-SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head")
+SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head", "sigma_fp8_linears")
+FP8_LINEARS_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")  # torchao's Float8LinearRecipeName values
 FP8_HEAD_FORCED = {"sigma_fp8": "on", "sigma_bf16_head": "off"}  # the others follow --fp8-lm-head
 
 
@@ -221,6 +226,9 @@ def build(
     choices = {"sigma_flip": flipped_choices, "sigma_fp8": fp8_choices}.get(name, kernel_choices)(args, device)
     fp8_head = kernels.fp8_lm_head_wanted(FP8_HEAD_FORCED.get(name, args.fp8_lm_head), model, choices)
     kernels.apply_to_model(model, choices, fp8_lm_head=fp8_head)
+    if name == "sigma_fp8_linears":
+        n = fp8_block_linears(model, args.fp8_linears_recipe)
+        print(f"sigma_fp8_linears: {n} block linears in FP8 (torchao, recipe {args.fp8_linears_recipe})", flush=True)
     if name != "sigma_adamw":
         pair = build_optimizers(
             model, lr=args.c3o_lr, muon_lr=args.muon_lr, weight_decay=0.0, betas=(0.9, 0.95),
@@ -252,6 +260,30 @@ def build(
 
     step.model, step.optimizer, step.fp8_lm_head = model, pair, fp8_head
     return step
+
+
+def fp8_block_linears(model: SigmaLM, recipe: str) -> int:
+    """Swap every ``nn.Linear`` of ``model.layers`` for torchao's ``Float8Linear``; returns how many.
+
+    The weights stay the same parameters (the optimizers built after see no difference); each forward
+    casts the input and weight to FP8 with dynamic scales per ``recipe``, and the backward its gradients.
+    The LM head is left to the fused linear + CE. Note: torchao patches Inductor's min/max codegen for
+    the whole process when it converts (a Triton FP8 store workaround), so contenders compiled in the same
+    run compile with that patch too.
+    """
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    config = Float8LinearConfig.from_recipe_name(recipe)
+    swapped = []
+
+    def wanted(module: nn.Module, fqn: str) -> bool:
+        ok = isinstance(module, nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+        if ok:
+            swapped.append(fqn)
+        return ok
+
+    convert_to_float8_training(model.layers, module_filter_fn=wanted, config=config)
+    return len(swapped)
 
 
 def kernel_choices(args: argparse.Namespace, device: torch.device) -> dict[str, str]:
@@ -286,6 +318,15 @@ def check_kernels_can_run(args: argparse.Namespace, device: torch.device) -> Non
         sets["sigma_flip"] = (flipped_choices(args, device), "leave sigma_flip out of --contenders")
     if "sigma_fp8" in args.contenders:
         sets["sigma_fp8"] = (fp8_choices(args, device), "leave sigma_fp8 out of --contenders")
+    if ("sigma_fp8_linears" in args.contenders and device.type == "cuda"
+            and torch.cuda.get_device_capability(device) < (8, 9)):  # the CPU runs it (slowly), as a smoke check
+        raise SystemExit("sigma_fp8_linears runs its block linears on FP8 tensor cores, which need compute "
+                         "capability 8.9 or newer; fix: run on such a GPU or leave sigma_fp8_linears out of "
+                         "--contenders")
+    if "sigma_fp8_linears" in args.contenders and device.type == "cpu" and args.fp8_linears_recipe != "tensorwise":
+        raise SystemExit(f"sigma_fp8_linears with --fp8-linears-recipe {args.fp8_linears_recipe} needs a GPU: torch's "
+                         "CPU _scaled_mm takes only one scale a tensor; fix: --fp8-linears-recipe tensorwise on the "
+                         "CPU, or run on a GPU")
     usable, reason = kernels.triton_status(device)
     for who, (choices, other_fix) in sets.items():
         ops = sorted(op for op, mode in choices.items() if mode == "triton")
@@ -518,6 +559,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", choices=("on", "off"), default="on")
     p.add_argument("--fp8-lm-head", choices=kernels.FP8_LM_HEAD_MODES, default="auto",
                    help="the trainer's flag, for sigma, sigma_adamw and sigma_flip")
+    p.add_argument("--fp8-linears-recipe", choices=FP8_LINEARS_RECIPES, default="tensorwise",
+                   help="torchao's float8 training recipe for sigma_fp8_linears")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--profile", default=None, metavar="DIR", help="write a torch.profiler kernel table per contender")
@@ -558,7 +601,8 @@ def main() -> None:
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "python": platform.python_version(), "peak_bf16_tflops": peak,
-        "kernels": kernel_choices(args, device), "flip_ops": args.flip_ops, "argv": sys.argv[1:],
+        "kernels": kernel_choices(args, device), "flip_ops": args.flip_ops,
+        "fp8_linears_recipe": args.fp8_linears_recipe if "sigma_fp8_linears" in args.contenders else None, "argv": sys.argv[1:],
     }
     try:
         import transformers
@@ -585,7 +629,7 @@ def main() -> None:
     print(f"\n{meta['device']}, torch {meta['torch']}, peak bf16 {peak or float('nan'):.0f} TFLOP/s "
           f"(after the runs: {meta.get('peak_bf16_tflops_end') or float('nan'):.0f}; MFU uses the first), "
           f"seq {args.seq_len}, {args.tokens_per_step} tokens/step, micro-batch {args.micro_batch}")
-    print(f"{'preset':7} {'contender':13} {'tokens/s':>11} {'MFU':>6} {'step ms':>8} {'peak GB':>8} {'x best base':>11}"
+    print(f"{'preset':7} {'contender':17} {'tokens/s':>11} {'MFU':>6} {'step ms':>8} {'peak GB':>8} {'x best base':>11}"
           f" {'SM MHz':>7} {'power W':>7}")
     for r in results:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
@@ -593,7 +637,7 @@ def main() -> None:
         ratio = f"{r['vs_best_baseline']:.3f}" if r["vs_best_baseline"] else "-"
         clock = f"{r['sm_clock_mhz']:.0f}" if r["sm_clock_mhz"] is not None else "-"
         power = f"{r['power_w']:.0f}" if r["power_w"] is not None else "-"
-        print(f"{r['preset']:7} {r['contender']:13} {r['tokens_per_s']:11,.0f} {mfu:>6} {r['step_ms']:8.1f} "
+        print(f"{r['preset']:7} {r['contender']:17} {r['tokens_per_s']:11,.0f} {mfu:>6} {r['step_ms']:8.1f} "
               f"{mem:>8} {ratio:>11} {clock:>7} {power:>7}")
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))

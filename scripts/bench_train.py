@@ -402,16 +402,13 @@ def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path, s
         return
     by_category: dict[str, float] = {}
     by_name: dict[str, list[float]] = {}
-    busy, cursor = 0.0, spans[0][0]
     for start, end, name in spans:
         category = kernel_category(name)
         by_category[category] = by_category.get(category, 0.0) + (end - start)
         entry = by_name.setdefault(name, [0.0, 0])
         entry[0] += end - start
         entry[1] += 1
-        if end > cursor:  # union of the intervals: overlapping kernels (other streams) count once
-            busy += end - max(start, cursor)
-            cursor = end
+    busy, gaps = busy_and_gaps(spans)
     span = spans[-1][1] - spans[0][0]
     lines = [f"{steps} steps; per step, ms of device time (kernels on all streams; us / 1000 / steps)",
              f"{'category':24} {'ms/step':>9} {'share':>7}"]
@@ -427,7 +424,38 @@ def profile(step: Callable[[], torch.Tensor], device: torch.device, out: Path, s
         lines.append(f"{us / 1e3 / steps:9.3f} {calls / steps:10.1f} {kernel_category(name):18} {name[:110]}")
         if name in launchers:
             lines.append(f"{'':40} launched by: {launchers[name]}")
+    lines += ["", *idle_lines(gaps, steps)]
     out.with_name(out.stem + "_summary.txt").write_text("\n".join(lines) + "\n")
+
+
+def busy_and_gaps(spans: list[tuple[float, float, str]]) -> tuple[float, list[tuple[float, str, str]]]:
+    """Kernel intervals ``(start, end, name)`` sorted by start -> the time some kernel ran (overlapping kernels,
+    e.g. on other streams, count once) and every gap where none ran: (length, the kernel that ended last
+    before it, the one that started it)."""
+    busy, cursor, last = 0.0, spans[0][0], spans[0][2]
+    gaps = []
+    for start, end, name in spans:
+        if start > cursor:
+            gaps.append((start - cursor, last, name))
+        if end > cursor:
+            busy += end - max(start, cursor)
+            cursor, last = end, name
+    return busy, gaps
+
+
+def idle_lines(gaps: list[tuple[float, str, str]], steps: int, top: int = 15) -> list[str]:
+    """Where the device waited: the idle time by gap length, then the longest gaps between which kernels."""
+    bounds = (5.0, 20.0, 100.0, 1000.0, math.inf)  # us
+    lines = ["idle gaps by length, per step", f"{'up to us':>9} {'gaps/step':>10} {'ms/step':>8}"]
+    low = 0.0
+    for high in bounds:
+        inside = [g for g, _, _ in gaps if low < g <= high]
+        lines.append(f"{high:9.0f} {len(inside) / steps:10.1f} {sum(inside) / 1e3 / steps:8.3f}")
+        low = high
+    lines += ["", f"the {top} longest gaps (us, the kernel before -> the kernel after)"]
+    for gap, before, after in sorted(gaps, reverse=True)[:top]:
+        lines.append(f"{gap:9.1f}  {before[:70]} -> {after[:70]}")
+    return lines
 
 
 def kernel_launchers(events: list) -> dict[str, str]:

@@ -171,6 +171,18 @@ def test_kernel_launchers_names_the_op_chain() -> None:
     }
 
 
+def test_idle_gaps_count_overlaps_once_and_name_the_kernels_around_them() -> None:
+    spans = [(0.0, 10.0, "a"), (2.0, 30.0, "b_other_stream"), (5.0, 8.0, "c_inside"), (40.0, 45.0, "d"),
+             (1045.0, 1050.0, "e")]
+    busy, gaps = bench_train.busy_and_gaps(spans)
+    assert busy == 30.0 + 5.0 + 5.0
+    assert gaps == [(10.0, "b_other_stream", "d"), (1000.0, "d", "e")]
+    lines = bench_train.idle_lines(gaps, steps=2, top=1)
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:7]}
+    assert rows["20"] == ["0.5", "0.005"] and rows["1000"] == ["0.5", "0.500"] and rows["5"] == ["0.0", "0.000"]
+    assert lines[-1].split() == ["1000.0", "d", "->", "e"]
+
+
 def test_kernel_categories_put_every_newton_schulz_kernel_in_its_row() -> None:
     for name in ("_gram_kernel", "_gemm_axpy_kernel", "_gemm_axpy_apply_kernel"):
         assert bench_train.kernel_category(name) == "newton_schulz", name

@@ -629,8 +629,8 @@ def main() -> None:
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "python": platform.python_version(), "peak_bf16_tflops": peak,
-        "kernels": kernel_choices(args, device), "flip_ops": args.flip_ops,
-        "fp8_linears_recipe": args.fp8_linears_recipe if "sigma_fp8_linears" in args.contenders else None, "argv": sys.argv[1:],
+        "kernels": kernel_choices(args, device), "flip_ops": args.flip_ops, "argv": sys.argv[1:],
+        "fp8_linears_recipe": args.fp8_linears_recipe if "sigma_fp8_linears" in args.contenders else None,
     }
     try:
         import transformers

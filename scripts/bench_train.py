@@ -272,18 +272,13 @@ def fp8_block_linears(model: SigmaLM, recipe: str) -> int:
     run compile with that patch too.
     """
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    from torchao.float8.float8_linear import Float8Linear
 
-    config = Float8LinearConfig.from_recipe_name(recipe)
-    swapped = []
+    def fits(module: nn.Module, fqn: str) -> bool:  # FP8 matmuls want both dimensions multiples of 16
+        return module.in_features % 16 == 0 and module.out_features % 16 == 0
 
-    def wanted(module: nn.Module, fqn: str) -> bool:
-        ok = isinstance(module, nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
-        if ok:
-            swapped.append(fqn)
-        return ok
-
-    convert_to_float8_training(model.layers, module_filter_fn=wanted, config=config)
-    return len(swapped)
+    convert_to_float8_training(model.layers, module_filter_fn=fits, config=Float8LinearConfig.from_recipe_name(recipe))
+    return sum(isinstance(m, Float8Linear) for m in model.layers.modules())
 
 
 def kernel_choices(args: argparse.Namespace, device: torch.device) -> dict[str, str]:
@@ -318,15 +313,15 @@ def check_kernels_can_run(args: argparse.Namespace, device: torch.device) -> Non
         sets["sigma_flip"] = (flipped_choices(args, device), "leave sigma_flip out of --contenders")
     if "sigma_fp8" in args.contenders:
         sets["sigma_fp8"] = (fp8_choices(args, device), "leave sigma_fp8 out of --contenders")
-    if ("sigma_fp8_linears" in args.contenders and device.type == "cuda"
-            and torch.cuda.get_device_capability(device) < (8, 9)):  # the CPU runs it (slowly), as a smoke check
-        raise SystemExit("sigma_fp8_linears runs its block linears on FP8 tensor cores, which need compute "
-                         "capability 8.9 or newer; fix: run on such a GPU or leave sigma_fp8_linears out of "
-                         "--contenders")
-    if "sigma_fp8_linears" in args.contenders and device.type == "cpu" and args.fp8_linears_recipe != "tensorwise":
-        raise SystemExit(f"sigma_fp8_linears with --fp8-linears-recipe {args.fp8_linears_recipe} needs a GPU: torch's "
-                         "CPU _scaled_mm takes only one scale a tensor; fix: --fp8-linears-recipe tensorwise on the "
-                         "CPU, or run on a GPU")
+    if "sigma_fp8_linears" in args.contenders:  # the CPU runs it (slowly, tensorwise only), as a smoke check
+        if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+            raise SystemExit("sigma_fp8_linears runs its block linears on FP8 tensor cores, which need compute "
+                             "capability 8.9 or newer; fix: run on such a GPU or leave sigma_fp8_linears out of "
+                             "--contenders")
+        if device.type == "cpu" and args.fp8_linears_recipe != "tensorwise":
+            raise SystemExit(f"sigma_fp8_linears with --fp8-linears-recipe {args.fp8_linears_recipe} needs a GPU: "
+                             "torch's CPU _scaled_mm takes only one scale a tensor; fix: --fp8-linears-recipe "
+                             "tensorwise on the CPU, or run on a GPU")
     usable, reason = kernels.triton_status(device)
     for who, (choices, other_fix) in sets.items():
         ops = sorted(op for op, mode in choices.items() if mode == "triton")

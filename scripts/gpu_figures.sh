@@ -18,6 +18,11 @@
 #   scripts/gpu_figures.sh OUT_DIR fp8_linears  # every block linear in FP8 (torchao float8 training) in the step
 #                                            # at 124m, one process a recipe (needs torchao importable, e.g. from a
 #                                            # carried wheel)
+#   scripts/gpu_figures.sh OUT_DIR quack_stage  # then, in the next call on the same warm machine:
+#   scripts/gpu_figures.sh OUT_DIR quack     # a block's SwiGLU MLP through quack's fused GEMMs, alone and in the
+#                                            # 124m step (sigma_quack_mlp); quack and its CuTe-DSL compiler are too
+#                                            # big for one call's carry: scripts/quack_carry.sh splits them in two
+#                                            # (.quack/a for quack_stage, .quack/b for quack), unpacked into .qsite/
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -27,8 +32,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|quack|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|quack|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -160,6 +165,23 @@ case $part in
             (cd .ab_before && bench "optim_before_$round" 150 python3 "${ab[@]}" --json "$out/optim_before_$round.json")
             bench "optim_after_$round" 150 python3 "${ab[@]}" --json "$out/optim_after_$round.json"
         done
+        ;;
+    quack_stage)  # the first half of quack's carry; .qsite/ is ignored, so the warm machine keeps it
+        rm -rf .qsite && mkdir -p .qsite
+        for w in .quack/a/*.whl; do unzip -oq "$w" -d .qsite || exit 1; done
+        xz -dc .quack/a/ir.so.xz > .qsite/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
+        du -sh .qsite
+        ;;
+    quack)
+        [ -d .qsite/quack ] || { echo "no .qsite/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
+        unzip -oq .quack/b/*.whl -d .qsite || exit 1
+        xz -dc .quack/b/rt.so.xz > .qsite/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
+        export PYTHONPATH=$PWD/.qsite:$PWD/.qsite/nvidia_cutlass_dsl/dsl_packages QUACK_CACHE_DIR=$PWD/.qsite/cache
+        python3 -c "import quack.mlp; print('quack', quack.__version__)" || exit 1
+        bench bench_quack_mlp 270 python3 scripts/bench_quack_mlp.py --presets 124m 350m --json "$out/bench_quack_mlp.json"
+        bench bench_train_quack_mlp 300 python3 scripts/bench_train.py --presets 124m --contenders plain sigma \
+            sigma_quack_mlp --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_quack_mlp.json" \
+            --profile "$out" --profile-contenders sigma_quack_mlp
         ;;
     *)
         echo "unknown part $part" >&2

@@ -88,13 +88,17 @@ def main() -> None:
         fns = {"compiled": torch.compile(swiglu_mlp), "quack_default": quack_swiglu_mlp(tuned=False),
                "quack_tuned": quack_swiglu_mlp(tuned=True)}
         for name in args.variants:
-            fwd, fwd_bwd = make_runner(fns[name], inputs, backward=False), make_runner(fns[name], inputs, backward=True)
-            got = fwd_bwd()  # compiles (and autotunes) before the timing
-            row = {"preset": preset, "variant": name, "tokens": args.batch * args.seq_len, "d_model": d, "d_ff": f,
-                   "fwd_ms": do_bench(fwd), "fwd_bwd_ms": do_bench(fwd_bwd),
-                   "rel_error": rel_error(got, want),
-                   "rel_error_out": rel_error(got[:1], want[:1])}
+            row = {"preset": preset, "variant": name, "tokens": args.batch * args.seq_len, "d_model": d, "d_ff": f}
             result["rows"].append(row)
+            fwd, fwd_bwd = make_runner(fns[name], inputs, backward=False), make_runner(fns[name], inputs, backward=True)
+            try:
+                got = fwd_bwd()  # compiles (and autotunes) before the timing
+            except Exception as e:  # one variant failing (a compiler error, say) leaves the others' figures
+                row["error"] = f"{type(e).__name__}: {e}"
+                print(f"{preset:5} {name:14} failed: {row['error']}", flush=True)
+                continue
+            row.update(fwd_ms=do_bench(fwd), fwd_bwd_ms=do_bench(fwd_bwd), rel_error=rel_error(got, want),
+                       rel_error_out=rel_error(got[:1], want[:1]))
             print(f"{preset:5} {name:14} fwd {row['fwd_ms']:.3f} ms  fwd+bwd {row['fwd_bwd_ms']:.3f} ms  "
                   f"rel.err {row['rel_error']:.2e} (output {row['rel_error_out']:.2e})", flush=True)
     if args.json:

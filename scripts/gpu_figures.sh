@@ -22,7 +22,7 @@
 #   scripts/gpu_figures.sh OUT_DIR quack     # a block's SwiGLU MLP through quack's fused GEMMs, alone and in the
 #                                            # 124m step (sigma_quack_mlp); quack and its CuTe-DSL compiler are too
 #                                            # big for one call's carry: scripts/quack_carry.sh splits them in two
-#                                            # (.quack/a for quack_stage, .quack/b for quack), unpacked into .qsite/
+#                                            # (.quack/a for quack_stage, .quack/b for quack), unpacked into /tmp/q/site-packages
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -80,7 +80,7 @@ case $part in
     fp8)  # the FP8 LM head (--fp8-lm-head): the linear + CE rows, then in the step against the baseline
         bench bench_kernels_linear_ce 150 python3 scripts/bench_kernels.py --presets 124m 350m --ops linear_ce \
             --json "$out/kernels_linear_ce.json"
-        bench bench_train_fp8_124m 400 python3 scripts/bench_train.py --presets 124m --contenders plain sigma \
+        bench bench_train_fp8_124m 400 python3 scripts/bench_train.py --presets 124m --contenders sigma_quack_mlp plain \
             sigma_bf16_head --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_124m.json" --profile "$out" \
             --profile-contenders sigma
         ;;
@@ -166,21 +166,21 @@ case $part in
             bench "optim_after_$round" 150 python3 "${ab[@]}" --json "$out/optim_after_$round.json"
         done
         ;;
-    quack_stage)  # the first half of quack's carry; .qsite/ is ignored, so the warm machine keeps it
-        rm -rf .qsite && mkdir -p .qsite
-        for w in .quack/a/*.whl; do unzip -oq "$w" -d .qsite || exit 1; done
-        xz -dc .quack/a/ir.so.xz > .qsite/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
-        du -sh .qsite
+    quack_stage)  # the first half of quack's carry, into /tmp/q/site-packages, which the warm machine keeps
+        rm -rf /tmp/q && mkdir -p /tmp/q/site-packages  # quack fingerprints its epilogues and treats only code under a site-packages folder as a fixed library
+        for w in .quack/a/*.whl; do python3 -m zipfile -e "$w" /tmp/q/site-packages || exit 1; done  # no unzip there
+        xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
+        du -sh /tmp/q/site-packages
         ;;
     quack)
-        [ -d .qsite/quack ] || { echo "no .qsite/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
-        unzip -oq .quack/b/*.whl -d .qsite || exit 1
-        xz -dc .quack/b/rt.so.xz > .qsite/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
-        export PYTHONPATH=$PWD/.qsite:$PWD/.qsite/nvidia_cutlass_dsl/dsl_packages QUACK_CACHE_DIR=$PWD/.qsite/cache
-        python3 -c "import quack.mlp; print('quack', quack.__version__)" || exit 1
+        [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
+        python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
+        xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
+        export PYTHONPATH=/tmp/q/site-packages:/tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages QUACK_CACHE_DIR=/tmp/q/cache
+        python3 -c "import quack.mlp, quack.epilogue.library; print('quack', quack.__version__)" || exit 1
         bench bench_quack_mlp 270 python3 scripts/bench_quack_mlp.py --presets 124m 350m --json "$out/bench_quack_mlp.json"
-        bench bench_train_quack_mlp 300 python3 scripts/bench_train.py --presets 124m --contenders plain sigma \
-            sigma_quack_mlp --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_quack_mlp.json" \
+        bench bench_train_quack_mlp 300 python3 scripts/bench_train.py --presets 124m --contenders sigma_quack_mlp plain \
+            sigma --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_quack_mlp.json" \
             --profile "$out" --profile-contenders sigma_quack_mlp
         ;;
     *)

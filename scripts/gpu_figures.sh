@@ -23,6 +23,8 @@
 #                                            # 124m step (sigma_quack_mlp); quack and its CuTe-DSL compiler are too
 #                                            # big for one call's carry: scripts/quack_carry.sh splits them in two
 #                                            # (.quack/a for quack_stage, .quack/b for quack), unpacked into /tmp/q/site-packages
+#   scripts/gpu_figures.sh OUT_DIR quack_more  # (after quack_stage, instead of quack) sigma_quack_mlp at 350m, and at
+#                                            # 124m with quack's default GEMM configs (--quack-tuned off)
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -32,8 +34,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|quack|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|quack|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|quack|quack_more|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|quack|quack_more|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -80,7 +82,7 @@ case $part in
     fp8)  # the FP8 LM head (--fp8-lm-head): the linear + CE rows, then in the step against the baseline
         bench bench_kernels_linear_ce 150 python3 scripts/bench_kernels.py --presets 124m 350m --ops linear_ce \
             --json "$out/kernels_linear_ce.json"
-        bench bench_train_fp8_124m 400 python3 scripts/bench_train.py --presets 124m --contenders sigma_quack_mlp plain \
+        bench bench_train_fp8_124m 400 python3 scripts/bench_train.py --presets 124m --contenders plain sigma \
             sigma_bf16_head --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_124m.json" --profile "$out" \
             --profile-contenders sigma
         ;;
@@ -172,16 +174,24 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    quack)
+    quack|quack_more)
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
         export PYTHONPATH=/tmp/q/site-packages:/tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages QUACK_CACHE_DIR=/tmp/q/cache
         python3 -c "import quack.mlp, quack.epilogue.library; print('quack', quack.__version__)" || exit 1
-        bench bench_quack_mlp 270 python3 scripts/bench_quack_mlp.py --presets 124m 350m --json "$out/bench_quack_mlp.json"
-        bench bench_train_quack_mlp 300 python3 scripts/bench_train.py --presets 124m --contenders sigma_quack_mlp plain \
-            sigma --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_quack_mlp.json" \
-            --profile "$out" --profile-contenders sigma_quack_mlp
+        if [ "$part" = quack ]; then
+            bench bench_quack_mlp 270 python3 scripts/bench_quack_mlp.py --presets 124m 350m --json "$out/bench_quack_mlp.json"
+            bench bench_train_quack_mlp 300 python3 scripts/bench_train.py --presets 124m --contenders sigma_quack_mlp \
+                plain sigma --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_quack_mlp.json" \
+                --profile "$out" --profile-contenders sigma_quack_mlp
+        else  # 350m, and 124m with quack's default GEMM configs (no autotuning at start)
+            bench bench_train_quack_mlp_350m 330 python3 scripts/bench_train.py --presets 350m --contenders \
+                sigma_quack_mlp plain sigma --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_quack_mlp_350m.json"
+            bench bench_train_quack_mlp_untuned 200 python3 scripts/bench_train.py --presets 124m --contenders \
+                sigma_quack_mlp sigma --quack-tuned off --steps 8 --repeats 5 --warmup 3 \
+                --json "$out/bench_train_quack_mlp_untuned.json"
+        fi
         ;;
     *)
         echo "unknown part $part" >&2

@@ -75,6 +75,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_quack_mlp import quack_swiglu_mlp  # noqa: E402
 from bench_throughput import bf16_matmul_peak_tflops  # noqa: E402
 
 from model import kernels  # noqa: E402
@@ -296,11 +297,10 @@ def quack_block_mlps(model: SigmaLM, tuned: bool) -> int:
     The gate and up weights stay separate parameters (Muon orthogonalises each); each forward concatenates
     them, gate rows first, for quack's ``concat_layout`` (a 2·d_ff·d_model copy, ~6 MB at 124m).
     """
-    from quack.mlp import mlp_func
+    fused = quack_swiglu_mlp(tuned)
 
     def forward(self: MLP, x: torch.Tensor) -> torch.Tensor:
-        w1 = torch.cat([self.gate_proj.weight, self.up_proj.weight])
-        return mlp_func(x, w1, self.down_proj.weight, activation="swiglu", tuned=tuned, concat_layout=True)
+        return fused(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
 
     mlps = [m for m in model.layers.modules() if isinstance(m, MLP)]
     for mlp in mlps:

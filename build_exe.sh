@@ -4,8 +4,8 @@
 #      requirements-py313-cu128.txt, links .venv)
 #   2. scripts/verify_runtime.py: every required package and symbol imports, or stop here
 #   3. PyInstaller with eco_train.spec -> dist/eco_train/eco_train (one folder)
-#   4. smoke test of the built binary: --version, --help, a bad flag (exit 2), Python mode,
-#      and a few CPU training steps; any failure fails the build.
+#   4. smoke test of the built binary: --version, --help, a bad flag (exit 2), Python mode, quack
+#      (--fused-mlp; Linux x86-64) and a few CPU training steps; any failure fails the build.
 #
 #   ./build_exe.sh                  build (skipped when nothing that goes into the binary changed)
 #   ./build_exe.sh --force          rebuild even if up to date
@@ -82,6 +82,13 @@ set -e
 out=$(nopy -I -c 'import sys, math, json; print(json.dumps(math.isqrt(49)), sys.argv[1:])' a b) \
     || fail "Python mode (-c) exited $?"
 [ "$out" = "7 ['a', 'b']" ] || fail "Python mode printed '$out'"
+if [ "$(uname -sm)" = "Linux x86_64" ]; then  # quack ships in the side site-packages (eco_train.spec)
+    out=$(nopy -c 'import quack, quack.mlp, quack.epilogue.library, cutlass.cute
+from quack.gemm_runtime import identity
+assert identity._is_extern_function(cutlass.cute.jit), "quack does not count cutlass as a fixed library"
+print("quack", quack.__version__)') || fail "quack (--fused-mlp) does not import in the binary: exit $?"
+    [[ "$out" == "quack "* ]] || fail "quack import printed '$out'"
+fi
 nopy --device cpu --model-preset tiny --steps 3 --seq-len 32 --batch-size 2 --vocab-size 512 \
     --tokenizer-train-chars 20000 --log-every 1 --eval-every 3 --eval-batches 1 --sample-every 3 \
     --output-dir "$work/run" --checkpoint-dir "$work/ck" >"$work/train.log" 2>&1 \

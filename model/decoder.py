@@ -186,6 +186,12 @@ class Attention(nn.Module):
         return apply_rope(norm(x_BTNHd), cos_THd, sin_THd)
 
 
+def swiglu_mlp_reference(x_BTD: torch.Tensor, w_gate_FD: torch.Tensor, w_up_FD: torch.Tensor,
+                         w_down_DF: torch.Tensor) -> torch.Tensor:
+    """``down(silu(gate(x)) * up(x))`` from the three weights: the signature every fused MLP shares."""
+    return F.linear(F.silu(F.linear(x_BTD, w_gate_FD)) * F.linear(x_BTD, w_up_FD), w_down_DF)
+
+
 class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
@@ -194,8 +200,11 @@ class MLP(nn.Module):
         self.gate_proj = block_linear(cfg, cfg.d_model, cfg.d_ff)
         self.up_proj = block_linear(cfg, cfg.d_model, cfg.d_ff)
         self.down_proj = block_linear(cfg, cfg.d_ff, cfg.d_model)
+        self.fused: Callable | None = None  # the whole MLP in fused GEMMs (SigmaLM.use_kernels)
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.fused(x_BTD, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
         return self.down_proj(F.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
 
 
@@ -239,6 +248,7 @@ class SigmaLM(nn.Module):
         linear_ce: Callable | None = None,
         bitnet_quant: Callable | None = None,
         qk_norm_rope: Callable | None = None,
+        swiglu_mlp: Callable | None = None,
     ) -> "SigmaLM":
         """Swap in kernels with the reference signatures (None keeps the current one). Returns self.
 
@@ -246,8 +256,12 @@ class SigmaLM(nn.Module):
         :func:`linear_cross_entropy_reference`, ``bitnet_quant`` like
         :func:`model.bitnet.bitnet_quant_reference`, ``qk_norm_rope`` like
         :func:`qk_norm_rope_reference` (it then takes the QK norms' place, ``rms_norm`` the block
-        norms'). Weights and state dict are untouched.
+        norms'). ``swiglu_mlp`` like :func:`swiglu_mlp_reference` runs each block's whole MLP from its
+        three weights; BitNet's quantising linears are refused (their forward is not a plain matmul).
+        Weights and state dict are untouched.
         """
+        if swiglu_mlp is not None and self.cfg.bitnet:
+            raise ValueError("a fused SwiGLU MLP replaces plain matmuls; BitNet's block linears quantise theirs")
         for module in self.modules():
             if rms_norm is not None and isinstance(module, RMSNorm):
                 module.fn = rms_norm
@@ -255,6 +269,8 @@ class SigmaLM(nn.Module):
                 module.qk_norm_rope = qk_norm_rope
             if bitnet_quant is not None and isinstance(module, BitLinear):
                 module.quant = bitnet_quant
+            if swiglu_mlp is not None and isinstance(module, MLP):
+                module.fused = swiglu_mlp
         if linear_ce is not None:
             self.linear_ce = linear_ce
         return self

@@ -19,8 +19,8 @@ Per block, ``--batch`` x ``--seq-len`` tokens, bf16, medians of ``triton.testing
 * each side's relative error ``||got - fp32|| / ||fp32||`` over the output and every gradient,
   against the same MLP evaluated in fp32.
 
-quack and its CuTe-DSL compiler are not in this repository's lock (see PERFORMANCE.md for how the
-GPU machine gets them); without them this exits with that message.
+The trainer runs ``quack_tuned`` under ``--fused-mlp`` (model/kernels/swiglu_mlp.py). quack and its
+CuTe-DSL compiler are in the lock (Linux x86-64); without them this exits with that message.
 """
 
 from __future__ import annotations
@@ -32,29 +32,14 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_kernels import make_runner, rel_error  # noqa: E402
 
 from model.config import PRESETS  # noqa: E402
-
-
-def swiglu_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-    """The model's MLP (model/decoder.py ``MLP.forward``) on explicit weights."""
-    return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
-
-
-def quack_swiglu_mlp(tuned: bool):
-    """``swiglu_mlp`` through quack's fused gated GEMMs (gate rows first, then up: quack's concat layout)."""
-    from quack.mlp import mlp_func
-
-    def fn(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-        return mlp_func(x, torch.cat([w_gate, w_up]), w_down, activation="swiglu", tuned=tuned,
-                        concat_layout=True)
-
-    return fn
+from model.decoder import swiglu_mlp_reference as swiglu_mlp  # noqa: E402
+from model.kernels.swiglu_mlp import quack_mlp  # noqa: E402
 
 
 def main() -> None:
@@ -72,7 +57,7 @@ def main() -> None:
         import quack
     except ImportError as e:
         raise SystemExit(f"bench_quack_mlp.py needs quack-kernels and nvidia-cutlass-dsl ({e}); "
-                         "fix: install them (not in this repository's lock)") from None
+                         "fix: reinstall the lock with scripts/setup_env.sh") from None
     from triton.testing import do_bench
 
     dev = torch.device("cuda")
@@ -85,8 +70,8 @@ def main() -> None:
         w32 = [torch.randn(o, i, device=dev, generator=gen) / i ** 0.5 for o, i in ((f, d), (f, d), (d, f))]
         want = make_runner(swiglu_mlp, tuple(t.clone().requires_grad_() for t in (x32, *w32)), backward=True)()
         inputs = tuple(t.to(torch.bfloat16).requires_grad_() for t in (x32, *w32))
-        fns = {"compiled": torch.compile(swiglu_mlp), "quack_default": quack_swiglu_mlp(tuned=False),
-               "quack_tuned": quack_swiglu_mlp(tuned=True)}
+        fns = {"compiled": torch.compile(swiglu_mlp), "quack_default": quack_mlp(tuned=False),
+               "quack_tuned": quack_mlp(tuned=True)}
         for name in args.variants:
             row = {"preset": preset, "variant": name, "tokens": args.batch * args.seq_len, "d_model": d, "d_ff": f}
             result["rows"].append(row)

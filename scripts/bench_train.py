@@ -20,15 +20,15 @@ step, and random tokens already on the GPU (no data cost), it times:
 * ``sigma_fp8_linears`` ``sigma`` with every block linear in FP8 through torchao's float8 training
                  (``convert_to_float8_training``, recipe ``--fp8-linears-recipe``): the experiment of
                  FP8 matmuls beyond the LM head. The trainer has no such flag.
-* ``sigma_quack_mlp`` ``sigma`` with every block's SwiGLU MLP through quack's fused Hopper GEMMs (SwiGLU
-                 in the gate/up GEMM's epilogue, its derivative in the backward's; ``--quack-tuned``): the
-                 experiment of the MLP's element-wise work inside its matmuls. Needs ``quack-kernels``,
-                 which is not in the lock; the trainer has no such flag.
+* ``sigma_unfused_mlp`` ``sigma`` with the SwiGLU MLPs as three matmuls under ``torch.compile``
+                 (``--fused-mlp off``), where ``sigma`` follows ``--fused-mlp`` (default ``auto``: on the
+                 H100, each block's MLP in quack's fused GEMMs). The in-step A/B behind that default.
 
 Without ``--contenders`` it times the first four; the last five are A/B contenders, named when wanted.
 
 ``sigma``, ``sigma_adamw`` and ``sigma_flip`` decide the FP8 LM head as the trainer does (``--fp8-lm-head``,
-default ``auto``: on where the fused linear + CE runs on FP8 tensor cores); each row says whether it ran.
+default ``auto``: on where the fused linear + CE runs on FP8 tensor cores), and the fused MLP likewise
+(``--fused-mlp``; autotuned in the warm-up, ~1-2 min per contender); each row says whether each ran.
 
 All contenders of a preset are built and warmed up first (compilation and warm-up excluded), then
 timed in turns: ``--repeats`` rounds, each one window of ``--steps`` steps (CUDA events) per
@@ -64,7 +64,6 @@ import platform
 import statistics
 import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,18 +74,17 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quack_mlp import quack_swiglu_mlp  # noqa: E402
 from bench_throughput import bf16_matmul_peak_tflops  # noqa: E402
 
 from model import kernels  # noqa: E402
 from model.config import ModelConfig, from_preset  # noqa: E402
-from model.decoder import MLP, SigmaLM  # noqa: E402
+from model.decoder import SigmaLM  # noqa: E402
 from model.hf_compat import config_to_hf  # noqa: E402
 from training.metrics import ResourceSampler  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
 CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head",
-              "sigma_fp8_linears", "sigma_quack_mlp")
+              "sigma_fp8_linears", "sigma_unfused_mlp")
 # What a plain run times: the two baselines, our stack, and the same model with fused AdamW. Each contender
 # compiles for up to a minute on an H100, so the A/B ones (flip, FP8 / bf16 head) are named when wanted.
 DEFAULT_CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw")
@@ -160,9 +158,10 @@ class PlainLM(nn.Module):
 
 
 SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head", "sigma_fp8_linears",
-                "sigma_quack_mlp")
+                "sigma_unfused_mlp")
 FP8_LINEARS_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")  # torchao's Float8LinearRecipeName values
 FP8_HEAD_FORCED = {"sigma_fp8": "on", "sigma_bf16_head": "off"}  # the others follow --fp8-lm-head
+FUSED_MLP_FORCED = {"sigma_unfused_mlp": "off"}  # the others follow --fused-mlp
 
 
 def build(
@@ -232,13 +231,13 @@ def build(
         model.load_state_dict(start)
     choices = {"sigma_flip": flipped_choices, "sigma_fp8": fp8_choices}.get(name, kernel_choices)(args, device)
     fp8_head = kernels.fp8_lm_head_wanted(FP8_HEAD_FORCED.get(name, args.fp8_lm_head), model, choices)
-    kernels.apply_to_model(model, choices, fp8_lm_head=fp8_head)
+    fused_mlp, note = kernels.fused_mlp_wanted(FUSED_MLP_FORCED.get(name, args.fused_mlp), model)
+    if note:
+        print(f"{name}: {note}", flush=True)
+    kernels.apply_to_model(model, choices, fp8_lm_head=fp8_head, fused_mlp=fused_mlp)
     if name == "sigma_fp8_linears":
         n = fp8_block_linears(model, args.fp8_linears_recipe)
         print(f"sigma_fp8_linears: {n} block linears in FP8 (torchao, recipe {args.fp8_linears_recipe})", flush=True)
-    if name == "sigma_quack_mlp":
-        n = quack_block_mlps(model, tuned=args.quack_tuned == "on")
-        print(f"sigma_quack_mlp: {n} block MLPs through quack's fused GEMMs (tuned {args.quack_tuned})", flush=True)
     if name != "sigma_adamw":
         pair = build_optimizers(
             model, lr=args.c3o_lr, muon_lr=args.muon_lr, weight_decay=0.0, betas=(0.9, 0.95),
@@ -268,7 +267,7 @@ def build(
         pair.zero_grad(set_to_none=True)
         return total / accum
 
-    step.model, step.optimizer, step.fp8_lm_head = model, pair, fp8_head
+    step.model, step.optimizer, step.fp8_lm_head, step.fused_mlp = model, pair, fp8_head, fused_mlp
     return step
 
 
@@ -289,26 +288,6 @@ def fp8_block_linears(model: SigmaLM, recipe: str) -> int:
 
     convert_to_float8_training(model.layers, module_filter_fn=fits, config=Float8LinearConfig.from_recipe_name(recipe))
     return sum(isinstance(m, Float8Linear) for m in model.layers.modules())
-
-
-def quack_block_mlps(model: SigmaLM, tuned: bool) -> int:
-    """Run every block's SwiGLU MLP through quack's fused gated GEMMs; returns how many.
-
-    The gate and up weights stay separate parameters (Muon orthogonalises each); each forward concatenates
-    them, gate rows first, for quack's ``concat_layout`` (a 2·d_ff·d_model copy, ~6 MB at 124m).
-    """
-    fused = quack_swiglu_mlp(tuned)
-
-    def forward(self: MLP, x: torch.Tensor) -> torch.Tensor:
-        return fused(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
-
-    mlps = [m for m in model.layers.modules() if isinstance(m, MLP)]
-    for mlp in mlps:
-        if any(type(lin) is not nn.Linear for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
-            raise SystemExit("sigma_quack_mlp replaces plain nn.Linear projections; this model's MLP has "
-                             f"{type(mlp.gate_proj).__name__} (BitNet?); fix: leave sigma_quack_mlp out")
-        mlp.forward = types.MethodType(forward, mlp)
-    return len(mlps)
 
 
 def kernel_choices(args: argparse.Namespace, device: torch.device) -> dict[str, str]:
@@ -352,15 +331,6 @@ def check_kernels_can_run(args: argparse.Namespace, device: torch.device) -> Non
             raise SystemExit(f"sigma_fp8_linears with --fp8-linears-recipe {args.fp8_linears_recipe} needs a GPU: "
                              "torch's CPU _scaled_mm takes only one scale a tensor; fix: --fp8-linears-recipe "
                              "tensorwise on the CPU, or run on a GPU")
-    if "sigma_quack_mlp" in args.contenders:
-        if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
-            raise SystemExit("sigma_quack_mlp runs quack's Hopper GEMMs, which need a GPU of compute capability "
-                             "9.0 or newer; fix: run on such a GPU or leave sigma_quack_mlp out of --contenders")
-        try:
-            import quack.mlp  # noqa: F401
-        except ImportError as e:
-            raise SystemExit(f"sigma_quack_mlp needs quack-kernels and nvidia-cutlass-dsl, which are not in this "
-                             f"repository's lock ({e}); fix: install them or leave sigma_quack_mlp out") from None
     usable, reason = kernels.triton_status(device)
     for who, (choices, other_fix) in sets.items():
         ops = sorted(op for op, mode in choices.items() if mode == "triton")
@@ -593,6 +563,7 @@ def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
             "peak_mem_gb": prepared[name]["peak_mem_gb"], "warmup_s": prepared[name]["warmup_s"],
             "loss": losses[name], "start_weights": start_from.get(name, "init"),
             "fp8_lm_head": getattr(prepared[name]["step"], "fp8_lm_head", None),
+            "fused_mlp": getattr(prepared[name]["step"], "fused_mlp", None),
             "sm_clock_mhz": median_or_none([r["gpu_sm_clock_mhz"] for r in readings[name]]),
             "power_w": median_or_none([r["gpu_power_w"] for r in readings[name]]),
         })
@@ -623,8 +594,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the trainer's flag, for sigma, sigma_adamw and sigma_flip")
     p.add_argument("--fp8-linears-recipe", choices=FP8_LINEARS_RECIPES, default="tensorwise",
                    help="torchao's float8 training recipe for sigma_fp8_linears")
-    p.add_argument("--quack-tuned", choices=("on", "off"), default="on",
-                   help="sigma_quack_mlp: autotune quack's GEMM configs (on) or take its defaults (off)")
+    p.add_argument("--fused-mlp", choices=kernels.FUSED_MLP_MODES, default="auto",
+                   help="the trainer's flag, for the sigma contenders but sigma_unfused_mlp (always off)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--profile", default=None, metavar="DIR", help="write a torch.profiler kernel table per contender")
@@ -667,7 +638,6 @@ def main() -> None:
         "torch": torch.__version__, "python": platform.python_version(), "peak_bf16_tflops": peak,
         "kernels": kernel_choices(args, device), "flip_ops": args.flip_ops, "argv": sys.argv[1:],
         "fp8_linears_recipe": args.fp8_linears_recipe if "sigma_fp8_linears" in args.contenders else None,
-        "quack_tuned": args.quack_tuned if "sigma_quack_mlp" in args.contenders else None,
     }
     try:
         import transformers

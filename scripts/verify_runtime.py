@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
 import sys
 import traceback
 
@@ -38,6 +39,8 @@ REQUIRED: list[tuple[str, list[str]]] = [
     ("PyInstaller", []),
     ("pytest", []),
 ]
+if sys.platform == "linux" and platform.machine() == "x86_64":  # the lock's markers: quack's compiler is Linux x86-64
+    REQUIRED.append(("quack.mlp", ["mlp_func"]))  # --fused-mlp; imports the CuTe-DSL compiler too
 
 
 def _resolve(obj: object, dotted: str) -> object:

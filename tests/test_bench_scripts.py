@@ -5,7 +5,6 @@ Their figures mean something only on a GPU; these catch a script broken by a cha
 """
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -49,6 +48,7 @@ def test_bench_train_smoke_with_shared_weights(tmp_path: Path) -> None:
         assert row["mfu"] is None and row["sm_clock_mhz"] is None  # no peak and no NVML on the CPU
     assert rows["plain"]["vs_best_baseline"] == 1.0
     assert rows["plain"]["fp8_lm_head"] is None and rows["sigma"]["fp8_lm_head"] is False  # auto: off on the CPU
+    assert rows["plain"]["fused_mlp"] is None and rows["sigma"]["fused_mlp"] is False  # auto: off on the CPU
 
 
 def tiny_args(*flags: str) -> argparse.Namespace:
@@ -120,43 +120,17 @@ def test_sigma_fp8_linears_rowwise_on_the_cpu_exits_with_the_fix() -> None:
     assert "needs a GPU" in result.stderr and "--fp8-linears-recipe tensorwise" in result.stderr
 
 
-def test_quack_block_mlps_hand_every_mlp_to_mlp_func_with_gate_rows_first(monkeypatch) -> None:
-    """The wiring of sigma_quack_mlp, checked without a GPU: quack's ``mlp_func`` is replaced by the SwiGLU it
-    computes in its concat layout (gate rows, then up rows), so the model's output is unchanged only if every MLP
-    passes its own weights in that order. (The real kernels ran on an H100: bench_quack_mlp.py's relative error
-    against an fp32 evaluation, PERFORMANCE.md.) A BitNet model's MLPs are refused."""
-    import types
-
-    from model.decoder import SigmaLM
-
-    calls = []
-
-    def mlp_func(x, w1, w2, activation, tuned, concat_layout):
-        calls.append((activation, tuned, concat_layout))
-        gate, up = w1.chunk(2)
-        return torch.nn.functional.linear(torch.nn.functional.silu(x @ gate.T) * (x @ up.T), w2)
-
-    monkeypatch.setitem(sys.modules, "quack", types.ModuleType("quack"))
-    monkeypatch.setitem(sys.modules, "quack.mlp", types.SimpleNamespace(mlp_func=mlp_func))
+def test_sigma_unfused_mlp_keeps_the_reference_mlp() -> None:
+    """sigma follows --fused-mlp (auto: off on the CPU); sigma_unfused_mlp is always off, even when asked on."""
     cfg = from_preset("tiny", vocab_size=256, max_seq_len=32)
-    torch.manual_seed(0)
-    model = SigmaLM(cfg)
-    tokens = torch.randint(0, 256, (2, 16))
-    with torch.no_grad():
-        want = model(tokens, tokens)
-        assert bench_train.quack_block_mlps(model, tuned=False) == cfg.n_layer
-        got = model(tokens, tokens)
-    assert calls == [("swiglu", False, True)] * cfg.n_layer
-    torch.testing.assert_close(got, want)
-    with pytest.raises(SystemExit, match="BitLinear"):
-        bench_train.quack_block_mlps(SigmaLM(dataclasses.replace(cfg, bitnet=True)), tuned=True)
-
-
-def test_sigma_quack_mlp_on_the_cpu_exits_with_the_fix() -> None:
-    result = run_script("bench_train.py", *TINY_RUN, "--contenders", "sigma", "sigma_quack_mlp")
-    assert result.returncode != 0
-    assert "compute capability 9.0" in result.stderr and "leave sigma_quack_mlp out" in result.stderr
-    assert "Traceback" not in result.stderr
+    device = torch.device("cpu")
+    for name in ("sigma", "sigma_unfused_mlp"):
+        step = bench_train.build(name, cfg, device, tiny_args())
+        assert step.fused_mlp is False and step.model.layers[0].mlp.fused is None
+    forced_on = tiny_args("--fused-mlp", "on")
+    assert bench_train.build("sigma_unfused_mlp", cfg, device, forced_on).fused_mlp is False
+    with pytest.raises(RuntimeError, match="--fused-mlp off"):  # on the CPU, asked on: the refusal names the fix
+        bench_train.build("sigma", cfg, device, forced_on)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the script runs its benchmark instead")

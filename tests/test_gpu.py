@@ -17,6 +17,17 @@ from training.optim.muon import Muon
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 REPO = Path(__file__).resolve().parent.parent
+# --fused-mlp auto: on where this H100-class condition holds (model.kernels.swiglu_mlp.AUTO_CAPABILITIES)
+FUSED_MLP_AUTO = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_quack_cache(tmp_path_factory):
+    """One quack cache for the trainer runs here, so the fused MLP's GEMMs are autotuned once, not per run
+    (the trainer keeps a QUACK_CACHE_DIR it finds set). The compile-cache test takes it away again."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QUACK_CACHE_DIR", str(tmp_path_factory.mktemp("quack_cache")))
+        yield
 
 
 def test_muon_matches_torch_muon_on_cuda():
@@ -70,6 +81,7 @@ def test_trainer_end_to_end_on_cuda(tmp_path):
     r, records = _train_tiny_on_cuda(tmp_path)
     assert "[sigma] device=cuda" in r.stdout and "[sigma] dtype=bfloat16" in r.stdout
     assert "[sigma] ns_dtype=bfloat16" in r.stdout
+    assert f"[sigma] fused_mlp_active={int(FUSED_MLP_AUTO)}" in r.stdout
     end = records[-1]
     assert end["event"] == "end" and end["heldout_loss_drop"] > 0.3
     steps = [r for r in records if r["event"] == "step"]
@@ -149,7 +161,8 @@ def test_compile_cache_makes_the_second_start_faster(tmp_path):
 
     def start(name: str) -> dict:
         """One start with its own empty Inductor cache; only the checkpoint folder is shared."""
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor_{name}")}
+        env = {k: v for k, v in os.environ.items() if k != "QUACK_CACHE_DIR"}  # quack's: with the checkpoints
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / f"inductor_{name}")
         r = subprocess.run(
             [sys.executable, str(REPO / "train_sigma.py"), "--model-preset", "tiny", "--steps", "2",
              "--seq-len", "128", "--batch-size", "8", "--vocab-size", "1024", "--tokenizer-train-chars",
@@ -164,6 +177,9 @@ def test_compile_cache_makes_the_second_start_faster(tmp_path):
     warm = start("warm")
     assert cold["compile_cache_loaded"] == 0 and warm["compile_cache_loaded"] == 1
     assert list((tmp_path / "ck" / "compile_cache").glob("*.bin"))
+    assert cold["fused_mlp_active"] == warm["fused_mlp_active"] == int(FUSED_MLP_AUTO)
+    if FUSED_MLP_AUTO:  # the fused MLP's tuned configs are kept there too, so the warm start did not re-tune
+        assert list((tmp_path / "ck" / "compile_cache" / "quack").rglob("*.autotune.json"))
     cold_compile = cold["time_to_first_step_s"] - cold["startup_init_s"]
     warm_compile = warm["time_to_first_step_s"] - warm["startup_init_s"]
     assert warm_compile < 0.6 * cold_compile, (cold_compile, warm_compile)

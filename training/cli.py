@@ -182,6 +182,11 @@ def build_parser() -> _Parser:
                    help="FP8 matmuls for the LM head's logits and their input gradient in the fused linear + CE "
                         "kernel: a ~2%% faster step on H100-class GPUs at a ~0.1%% loss cost (PERFORMANCE.md). "
                         "auto: on where the fused kernel runs on FP8 tensor cores (compute capability 8.9+)")
+    g.add_argument("--fused-mlp", choices=("auto", "on", "off"), default="auto",
+                   help="each block's SwiGLU MLP in quack's fused Hopper GEMMs (SwiGLU inside the matmuls): a ~5%% "
+                        "faster step on the H100 (PERFORMANCE.md); its GEMMs are autotuned at the first start "
+                        "(~1-2 min) and cached with the compile cache. auto: on for compute capability 9.0 with "
+                        "bf16 weights, after a start-up check")
     g.add_argument("--compile-cache", type=_on_off, default=True, metavar="on|off",
                    help="keep torch.compile's cache next to the checkpoints so a restart compiles fast")
 
@@ -340,6 +345,11 @@ def validate(ns: argparse.Namespace) -> None:
     if ns.fp8_lm_head == "on" and ns.kernels == "torch":
         raise UsageError("--fp8-lm-head on runs inside the fused linear + CE kernel, which --kernels torch turns "
                          "off; fix: use --kernels auto (or triton), or --fp8-lm-head off")
+    if ns.fused_mlp == "on" and ns.bitnet_1_58:
+        raise UsageError("--fused-mlp on replaces the MLP's plain matmuls, but --bitnet-1-58 on quantises them; "
+                         "fix: use --fused-mlp auto or off with BitNet")
+    if ns.fused_mlp == "on" and ns.device == "cpu":
+        raise UsageError("--fused-mlp on runs quack's GPU GEMMs but --device is cpu; fix: use --fused-mlp auto or off")
     if ns.device == "cpu" and ns.hardware_profile == "bf16":
         raise UsageError("--hardware-profile bf16 needs a CUDA GPU but --device is cpu; "
                          "fix: use --hardware-profile auto or fp32 with --device cpu")

@@ -47,6 +47,7 @@ class CompileCache:
             "batch_size": cfg.loop.batch_size,
             "kernels": cfg.hardware.kernels,
             "fp8_lm_head": cfg.hardware.fp8_lm_head,
+            "fused_mlp": cfg.hardware.fused_mlp,
             "dtype": str(hw.param_dtype),
         }
         key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]

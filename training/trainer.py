@@ -40,7 +40,7 @@ from training.checkpoint import (
     sha256_file,
     verify_checkpoint,
 )
-from training.compile_cache import CompileCache
+from training.compile_cache import CACHE_DIR, CompileCache
 from training.config import RunConfig
 from training.crash import write_crash_report
 from training.data.pipeline import Batch, DataPipeline
@@ -329,7 +329,15 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     model = build_model(cfg, tok.get_vocab_size(), hw, ckpt["state"] if ckpt else None)
     kernel_choices = kernels.resolve(cfg.hardware.kernels, hw.device, compile=hw.compile)
     fp8_lm_head = kernels.fp8_lm_head_wanted(cfg.hardware.fp8_lm_head, model, kernel_choices)
-    kernels.apply_to_model(model, kernel_choices, fp8_lm_head=fp8_lm_head)
+    if cfg.hardware.compile_cache and cfg.hardware.fused_mlp != "off" and hw.device.type == "cuda":
+        # before quack is imported: its autotuners read the setting when they are built
+        from model.kernels.swiglu_mlp import use_cache_dir
+
+        use_cache_dir(Path(cfg.checkpoint.dir) / CACHE_DIR / "quack", hw.device)
+    fused_mlp, fused_mlp_note = kernels.fused_mlp_wanted(cfg.hardware.fused_mlp, model)
+    if fused_mlp_note:
+        console.say(f"warning: {fused_mlp_note}")
+    kernels.apply_to_model(model, kernel_choices, fp8_lm_head=fp8_lm_head, fused_mlp=fused_mlp)
     # The Triton kernel where chosen, else the PyTorch iteration in the profile's dtype (fp32 on the CPU).
     ns_kernel = kernels.ns_fn(kernel_choices) or partial(zeropower_via_newtonschulz, dtype=hw.ns_dtype)
     opt = build_optimizers(
@@ -405,6 +413,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "checkpoint_resume_step": resume_step, "checkpoint_quarantine_count": quarantined,
         "bitnet_1_58_active": int(model.cfg.bitnet), "trl_grpo_available": int(trl_grpo_available()),
         "fp8_lm_head_active": int(fp8_lm_head),
+        "fused_mlp_active": int(fused_mlp),
         "run_id": metrics.run_id, "kernels": kernel_choices, "ns_coefficients": cfg.optim.ns_coefficients,
         "compile_cache_loaded": int(compile_cache_loaded),
         **{k: v for k, v in s.batches.stats().items() if k.endswith("_up") or k == "data_fallback_seed"},
@@ -413,6 +422,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     console.facts(model_params=n_params, **split_summary, **inversion, checkpoint_resume_step=resume_step,
                   checkpoint_quarantine_count=quarantined, bitnet_1_58_active=int(model.cfg.bitnet),
                   fp8_lm_head_active=int(fp8_lm_head),
+                  fused_mlp_active=int(fused_mlp),
                   kernels=",".join(f"{op}={c}" for op, c in kernel_choices.items()),
                   trl_grpo_available=s.startup["trl_grpo_available"], run_id=metrics.run_id,
                   startup_init_s=round(s.startup["startup_init_s"], 2))

@@ -127,13 +127,50 @@ def fp8_lm_head_wanted(mode: str, model: torch.nn.Module, choices: dict[str, str
     return next(model.parameters()).device.type == "cuda" and fp8_lm_head_problem(model, choices) is None
 
 
-def apply_to_model(model: torch.nn.Module, choices: dict[str, str], *, fp8_lm_head: bool = False) -> None:
-    """Install the Triton kernels chosen for the model (RMSNorm, linear + CE, BitNet, QK norm + RoPE).
+FUSED_MLP_MODES = ("auto", "on", "off")
+
+
+def fused_mlp_wanted(mode: str, model: torch.nn.Module) -> tuple[bool, str | None]:
+    """Whether ``--fused-mlp MODE`` runs this model's MLPs through quack's fused GEMMs, and why not if not.
+
+    ``off``: never. ``on``: wherever it can run (a CUDA GPU of compute capability 9.0+, bf16 weights, no
+    BitNet, quack importable) and passes its start-up check; raises ``RuntimeError`` naming the fix otherwise.
+    ``auto``: on where it was measured to win (the H100, compute capability 9.0) under the same conditions;
+    off elsewhere, and off with the reason returned when the start-up check fails (the caller reports it).
+    The reason is None when ``auto`` is off for an ordinary cause (the CPU, another GPU, BitNet).
+    PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the evidence.
+    """
+    if mode not in FUSED_MLP_MODES:
+        raise ValueError(f"--fused-mlp must be one of {FUSED_MLP_MODES}; got {mode!r}")
+    if mode == "off":
+        return False, None
+    from model.kernels import swiglu_mlp
+
+    device = next(model.parameters()).device
+    if mode == "auto" and (device.type != "cuda" or torch.cuda.get_device_capability(device)
+                           not in swiglu_mlp.AUTO_CAPABILITIES):
+        return False, None
+    problem = swiglu_mlp.problem(model)
+    if problem is None:
+        problem = swiglu_mlp.startup_check(device)
+        if problem is not None and mode == "auto":
+            return False, f"--fused-mlp auto: left off, {problem}"
+    elif mode == "auto":
+        return False, None
+    if problem is not None:
+        raise RuntimeError(problem)
+    return True, None
+
+
+def apply_to_model(model: torch.nn.Module, choices: dict[str, str], *, fp8_lm_head: bool = False,
+                   fused_mlp: bool = False) -> None:
+    """Install the kernels chosen for the model (RMSNorm, linear + CE, BitNet, QK norm + RoPE, the MLP).
 
     Ops left on ``"torch"`` keep the model's built-in references, so nothing is imported for them.
     ``fp8_lm_head``: the fused linear + CE with FP8 matmuls (``--fp8-lm-head``; :func:`fp8_lm_head_wanted`
     decides it). It needs that kernel and, on CUDA, an FP8 GPU; the CPU runs it (slowly, under
     ``TRITON_INTERPRET=1``) for the tests. Raises ``RuntimeError`` naming the fix otherwise.
+    ``fused_mlp``: every block's MLP through quack's fused GEMMs (:func:`fused_mlp_wanted` decides it).
     """
     model_ops = ("rms_norm", "linear_ce", "bitnet_quant", "qk_norm_rope")
     chosen = {op: kernel(op, "triton") for op in model_ops if choices[op] == "triton"}
@@ -142,4 +179,6 @@ def apply_to_model(model: torch.nn.Module, choices: dict[str, str], *, fp8_lm_he
         if problem:
             raise RuntimeError(problem)
         chosen["linear_ce"] = importlib.import_module("model.kernels.linear_ce").triton_impl_fp8
+    if fused_mlp:
+        chosen["swiglu_mlp"] = importlib.import_module("model.kernels.swiglu_mlp").quack_mlp(tuned=True)
     model.use_kernels(**chosen)

@@ -1,0 +1,113 @@
+"""The fused SwiGLU MLP (``--fused-mlp``, model/kernels/swiglu_mlp.py) on the CPU: its selection, its wiring
+into the model, and that quack from the lock imports here. quack's GEMMs themselves need a Hopper GPU
+(tests/test_gpu_fused_mlp.py runs them against the reference)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import kernels
+from model.config import from_preset
+from model.decoder import SigmaLM, swiglu_mlp_reference
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_model(**changes) -> SigmaLM:
+    torch.manual_seed(0)
+    return SigmaLM(dataclasses.replace(from_preset("tiny", vocab_size=256, max_seq_len=32), **changes))
+
+
+def test_reference_is_the_module_mlp() -> None:
+    mlp = tiny_model().layers[0].mlp
+    x = torch.randn(2, 8, mlp.gate_proj.in_features)
+    torch.testing.assert_close(swiglu_mlp_reference(x, mlp.gate_proj.weight, mlp.up_proj.weight,
+                                                    mlp.down_proj.weight), mlp(x))
+
+
+def test_quack_mlp_hands_each_mlp_its_weights_gate_rows_first(monkeypatch) -> None:
+    """quack's ``mlp_func`` is replaced by the SwiGLU it computes in its concat layout (gate rows, then up
+    rows), so the model's loss and gradients are unchanged only if every MLP passes its own weights in
+    that order. Without grad (evaluation, sampling) the reference runs and quack is not called."""
+    calls = []
+
+    def mlp_func(x, w1, w2, activation, tuned, concat_layout):
+        calls.append((activation, tuned, concat_layout))
+        gate, up = w1.chunk(2)
+        return F.linear(F.silu(x @ gate.T) * (x @ up.T), w2)
+
+    monkeypatch.setitem(sys.modules, "quack", types.ModuleType("quack"))
+    monkeypatch.setitem(sys.modules, "quack.mlp", types.SimpleNamespace(mlp_func=mlp_func))
+    from model.kernels.swiglu_mlp import quack_mlp
+
+    model = tiny_model()
+    tokens = torch.randint(0, 256, (2, 16))
+    want = model(tokens, tokens)
+    want.backward()
+    want_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.use_kernels(swiglu_mlp=quack_mlp(tuned=True))
+    got = model(tokens, tokens)
+    got.backward()
+    assert calls == [("swiglu", True, True)] * model.cfg.n_layer
+    torch.testing.assert_close(got, want)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want_grads[name], msg=name)
+    with torch.no_grad():
+        model(tokens, tokens)
+    assert len(calls) == model.cfg.n_layer
+
+
+def test_bitnet_mlps_are_never_fused() -> None:
+    with pytest.raises(ValueError, match="BitNet"):
+        tiny_model(bitnet=True).use_kernels(swiglu_mlp=swiglu_mlp_reference)
+    assert kernels.fused_mlp_wanted("auto", tiny_model(bitnet=True)) == (False, None)
+
+
+def test_fused_mlp_modes_on_the_cpu() -> None:
+    model = tiny_model()
+    assert kernels.fused_mlp_wanted("off", model) == (False, None)
+    assert kernels.fused_mlp_wanted("auto", model) == (False, None)  # quietly off: the CPU is ordinary
+    with pytest.raises(RuntimeError, match="this run is on cpu. Use --fused-mlp off"):
+        kernels.fused_mlp_wanted("on", model)
+    with pytest.raises(ValueError, match="--fused-mlp must be one of"):
+        kernels.fused_mlp_wanted("maybe", model)
+    kernels.apply_to_model(model, kernels.resolve("auto", torch.device("cpu")), fused_mlp=False)
+    assert all(block.mlp.fused is None for block in model.layers)
+
+
+def test_use_cache_dir_points_quack_at_a_folder_per_gpu_model_unless_the_user_chose_one(tmp_path, monkeypatch) -> None:
+    from model.kernels.swiglu_mlp import use_cache_dir
+
+    monkeypatch.delenv("QUACK_CACHE_DIR", raising=False)
+    monkeypatch.delenv("QUACK_CACHE_AUTOTUNING", raising=False)
+    path = use_cache_dir(tmp_path / "quack", torch.device("cpu"))
+    assert path == tmp_path / "quack" / "cpu" and path.is_dir()
+    assert os.environ["QUACK_CACHE_DIR"] == str(path) and os.environ["QUACK_CACHE_AUTOTUNING"] == "1"
+    monkeypatch.setenv("QUACK_CACHE_DIR", str(tmp_path / "mine"))  # the user's own folder wins
+    assert use_cache_dir(tmp_path / "quack", torch.device("cpu")) == tmp_path / "mine"
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
+                    reason="the lock installs quack on Linux x86-64 only")
+def test_quack_from_the_lock_imports_and_fingerprints_its_epilogues() -> None:
+    """The installed quack and CuTe-DSL compiler load without a GPU (a subprocess: the import is heavy).
+
+    The epilogue library fingerprints quack's own functions at import; it fails where quack is not
+    under a ``site-packages`` folder (the frozen binary's layout has to keep that: eco_train.spec)."""
+    code = ("import quack, quack.mlp, quack.epilogue.library, cutlass.cute; "
+            "from quack.gemm_runtime import identity; "
+            "assert identity._is_extern_function(cutlass.cute.jit); print('quack', quack.__version__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("quack 0.6.5")

@@ -111,3 +111,11 @@ def test_quack_from_the_lock_imports_and_fingerprints_its_epilogues() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("quack 0.6.5")
+
+
+def test_a_missing_quack_is_named_with_the_fix(monkeypatch) -> None:
+    from model.kernels.swiglu_mlp import import_problem
+
+    monkeypatch.setitem(sys.modules, "quack.mlp", None)  # makes `import quack.mlp` raise ImportError
+    problem = import_problem()
+    assert problem is not None and "quack-kernels" in problem and "--fused-mlp off" in problem

@@ -137,7 +137,8 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module) -> tuple[bool, str | Non
     BitNet, quack importable) and passes its start-up check; raises ``RuntimeError`` naming the fix otherwise.
     ``auto``: on where it was measured to win (the H100, compute capability 9.0) under the same conditions;
     off elsewhere, and off with the reason returned when the start-up check fails (the caller reports it).
-    The reason is None when ``auto`` is off for an ordinary cause (the CPU, another GPU, BitNet).
+    The reason is None when ``auto`` is off for an ordinary cause (the CPU, another GPU, BitNet), and says
+    what failed when quack does not import or fails its check where ``auto`` would have run it.
     PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the evidence.
     """
     if mode not in FUSED_MLP_MODES:
@@ -151,14 +152,15 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module) -> tuple[bool, str | Non
                            not in swiglu_mlp.AUTO_CAPABILITIES):
         return False, None
     problem = swiglu_mlp.problem(model)
-    if problem is None:
-        problem = swiglu_mlp.startup_check(device)
-        if problem is not None and mode == "auto":
-            return False, f"--fused-mlp auto: left off, {problem}"
-    elif mode == "auto":
-        return False, None
     if problem is not None:
+        if mode == "auto":
+            return False, None
         raise RuntimeError(problem)
+    problem = swiglu_mlp.import_problem() or swiglu_mlp.startup_check(device)
+    if problem is not None:
+        if mode == "auto":  # it should have run here: say why it does not
+            return False, f"--fused-mlp auto: left off, {problem}"
+        raise RuntimeError(f"--fused-mlp on: {problem}")
     return True, None
 
 

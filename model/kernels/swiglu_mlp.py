@@ -82,7 +82,10 @@ def use_cache_dir(root: Path, device: torch.device) -> Path:
 
 
 def problem(model: torch.nn.Module) -> str | None:
-    """Why this model cannot run its MLPs through quack where its weights are (the fix is named), or None."""
+    """Why this model cannot run its MLPs through quack where its weights are (the fix is named), or None.
+
+    Whether quack imports is :func:`import_problem`'s question; whether it computes right, :func:`startup_check`'s.
+    """
     weight = next(model.parameters())
     cfg = model.cfg
     if weight.device.type != "cuda":
@@ -99,10 +102,15 @@ def problem(model: torch.nn.Module) -> str | None:
     if cfg.d_model % DIM_MULTIPLE or cfg.d_ff % DIM_MULTIPLE:
         return (f"--fused-mlp on needs d_model and d_ff to be multiples of {DIM_MULTIPLE}; this model has "
                 f"{cfg.d_model} and {cfg.d_ff}. Use --fused-mlp off.")
+    return None
+
+
+def import_problem() -> str | None:
+    """Why quack cannot be imported here (the fix is named), or None."""
     try:
         import quack.mlp  # noqa: F401
     except Exception as e:  # ImportError, or a broken compiler install raising something else
-        return (f"--fused-mlp on needs quack-kernels and nvidia-cutlass-dsl (in the lock, Linux x86-64 only), "
+        return (f"the fused MLP needs quack-kernels and nvidia-cutlass-dsl (in the lock, Linux x86-64 only), "
                 f"which do not import here: {type(e).__name__}: {e}. Reinstall with scripts/setup_env.sh, or use "
                 "--fused-mlp off.")
     return None

@@ -24,8 +24,8 @@
 #                                            # compiler are too big for one call's carry: scripts/quack_carry.sh
 #                                            # splits them in two (.quack/a for quack_stage, .quack/b for fused),
 #                                            # unpacked into /tmp/q/site-packages (the GPU machine's own Python)
-#   scripts/gpu_figures.sh OUT_DIR fused_more  # (after quack_stage, or after fused) tests/test_gpu.py with it, and the
-#                                            # 350m step with and without it
+#   scripts/gpu_figures.sh OUT_DIR fused_tests  # (after quack_stage, or after fused) tests/test_gpu.py with it on
+#   scripts/gpu_figures.sh OUT_DIR fused_350    # (likewise) the 350m step with it (sigma) and without it
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -35,8 +35,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_more|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_more|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -175,7 +175,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_more)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -183,16 +183,18 @@ case $part in
         export PYTHONPATH=/tmp/q/site-packages:/tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages \
             QUACK_CACHE_DIR=/tmp/q/cache QUACK_CACHE_AUTOTUNING=1 QUACK_COMPILE_WORKERS=16
         python3 -c "import quack.mlp, quack.epilogue.library; print('quack', quack.__version__)" || exit 1
-        if [ "$part" = fused ]; then
-            bench gpu_tests_fused_mlp 150 python3 -m pytest -q tests/test_gpu_fused_mlp.py
-            bench bench_train_fused_mlp 390 python3 scripts/bench_train.py --presets 124m --contenders sigma \
-                plain sigma_unfused_mlp --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fused_mlp.json" \
-                --profile "$out" --profile-contenders sigma
-        else  # the trainer's GPU tests (their own quack cache), then 350m in the time left
-            (unset QUACK_CACHE_DIR; bench gpu_tests 270 python3 -m pytest -q tests/test_gpu.py)
-            bench bench_train_fused_mlp_350m 270 python3 scripts/bench_train.py --presets 350m --contenders \
-                sigma sigma_unfused_mlp --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_fused_mlp_350m.json"
-        fi
+        case $part in
+            fused)
+                bench gpu_tests_fused_mlp 150 python3 -m pytest -q tests/test_gpu_fused_mlp.py
+                bench bench_train_fused_mlp 390 python3 scripts/bench_train.py --presets 124m --contenders sigma \
+                    plain sigma_unfused_mlp --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fused_mlp.json" \
+                    --profile "$out" --profile-contenders sigma ;;
+            fused_tests)  # the trainer's GPU tests with it on; they share /tmp/q/cache (session 17: ~9 min in all)
+                bench gpu_tests 560 python3 -m pytest -q tests/test_gpu.py --durations=0 ;;
+            fused_350)  # session 17's 270 s ran out while sigma autotuned the 350m shapes: a whole call
+                bench bench_train_fused_mlp_350m 560 python3 scripts/bench_train.py --presets 350m --contenders \
+                    sigma sigma_unfused_mlp --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_fused_mlp_350m.json" ;;
+        esac
         ;;
     *)
         echo "unknown part $part" >&2

@@ -78,7 +78,7 @@ def test_quack_mlp_keeps_a_nan_row_nan() -> None:
     assert torch.isnan(out[3]).all() and torch.isfinite(out[torch.arange(256, device="cuda") != 3]).all()
 
 
-def test_auto_turns_it_on_for_the_h100_only() -> None:
+def test_auto_turns_it_on_for_compute_capability_9_0_only() -> None:
     cfg = from_preset("tiny", vocab_size=256, max_seq_len=64)
     model = SigmaLM(cfg).cuda().to(torch.bfloat16)
     on, note = kernels.fused_mlp_wanted("auto", model)

@@ -40,14 +40,15 @@ reference = swiglu_mlp_reference
 
 MIN_CAPABILITY = (9, 0)  # quack's warp-specialised GEMMs are Hopper's (sm_90) and later
 AUTO_CAPABILITIES = ((9, 0),)  # where --fused-mlp auto turns it on: measured there (H100)
-DIM_MULTIPLE = 16  # d_model and d_ff: TMA wants 16-byte-aligned rows; 16 also keeps whole MMA tiles
+DIM_MULTIPLE = 16  # d_model and d_ff: TMA wants 16-byte-aligned rows (8 bf16 elements); 16 keeps a margin
 
 
 def quack_mlp(tuned: bool = True) -> Callable:
     """The SwiGLU MLP through quack's gated GEMMs, with :data:`reference`'s signature.
 
-    ``tuned``: autotune each shape's GEMM configs at its first call (~1 min at 124m on the H100; the
-    result is cached, see :func:`use_cache_dir`), else quack's default configs, which gain little.
+    ``tuned``: autotune each shape's GEMM configs at its first call (~3 min at 124m on the H100 with
+    nothing cached; the result is cached, see :func:`use_cache_dir`), else quack's default configs, which
+    gain little.
     Tuning is per shape, so only training steps (grad enabled: one shape a run) take the fused path;
     evaluation and sampling, under ``no_grad`` with a new length per sampled token, run the reference.
     """

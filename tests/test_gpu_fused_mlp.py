@@ -78,12 +78,15 @@ def test_quack_mlp_keeps_a_nan_row_nan() -> None:
     assert torch.isnan(out[3]).all() and torch.isfinite(out[torch.arange(256, device="cuda") != 3]).all()
 
 
-def test_auto_turns_it_on_for_compute_capability_9_0_only() -> None:
-    cfg = from_preset("tiny", vocab_size=256, max_seq_len=64)
+def test_auto_turns_it_on_for_compute_capability_9_0_and_124m_widths() -> None:
+    cfg = dataclasses.replace(from_preset("124m", vocab_size=256, max_seq_len=64), n_layer=1)
     model = SigmaLM(cfg).cuda().to(torch.bfloat16)
     on, note = kernels.fused_mlp_wanted("auto", model)
     assert note is None and on == (torch.cuda.get_device_capability() == (9, 0))
     assert kernels.fused_mlp_wanted("on", model) == (True, None)
+    tiny = SigmaLM(from_preset("tiny", vocab_size=256, max_seq_len=64)).cuda().to(torch.bfloat16)
+    assert kernels.fused_mlp_wanted("auto", tiny) == (False, None)  # too narrow to pay for its tuning
+    assert kernels.fused_mlp_wanted("on", tiny) == (True, None)
     with pytest.raises(RuntimeError, match="weights are torch.float32"):
         kernels.fused_mlp_wanted("on", SigmaLM(cfg).cuda())
     bitnet = SigmaLM(dataclasses.replace(cfg, bitnet=True)).cuda().to(torch.bfloat16)

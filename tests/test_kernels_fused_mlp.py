@@ -86,6 +86,14 @@ def test_fused_mlp_modes_on_the_cpu() -> None:
     assert all(block.mlp.fused is None for block in model.layers)
 
 
+def test_auto_wants_an_h100_class_gpu_and_a_124m_wide_model() -> None:
+    from model.kernels.swiglu_mlp import auto_applies
+
+    assert auto_applies((9, 0), 768) and auto_applies((9, 0), 1024)
+    assert not auto_applies((9, 0), 128)  # the tiny preset: minutes of tuning for nearly nothing
+    assert not auto_applies((8, 0), 768) and not auto_applies((10, 0), 2048)  # not measured there
+
+
 def test_use_cache_dir_points_quack_at_a_folder_per_gpu_model_unless_the_user_chose_one(tmp_path, monkeypatch) -> None:
     from model.kernels.swiglu_mlp import use_cache_dir
 

@@ -135,10 +135,11 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module) -> tuple[bool, str | Non
 
     ``off``: never. ``on``: wherever it can run (a CUDA GPU of compute capability 9.0+, bf16 weights, no
     BitNet, quack importable) and passes its start-up check; raises ``RuntimeError`` naming the fix otherwise.
-    ``auto``: on where it was measured to win (the H100, compute capability 9.0) under the same conditions;
-    off elsewhere, and off with the reason returned when the start-up check fails (the caller reports it).
-    The reason is None when ``auto`` is off for an ordinary cause (the CPU, another GPU, BitNet), and says
-    what failed when quack does not import or fails its check where ``auto`` would have run it.
+    ``auto``: on where it was measured to win (the H100, compute capability 9.0, d_model 768 and up) under
+    the same conditions; off elsewhere, and off with the reason returned when the start-up check fails (the
+    caller reports it). The reason is None when ``auto`` is off for an ordinary cause (the CPU, another GPU,
+    a narrow model, BitNet), and says what failed when quack does not import or fails its check where
+    ``auto`` would have run it.
     PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the evidence.
     """
     if mode not in FUSED_MLP_MODES:
@@ -148,8 +149,8 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module) -> tuple[bool, str | Non
     from model.kernels import swiglu_mlp
 
     device = next(model.parameters()).device
-    if mode == "auto" and (device.type != "cuda" or torch.cuda.get_device_capability(device)
-                           not in swiglu_mlp.AUTO_CAPABILITIES):
+    if mode == "auto" and (device.type != "cuda" or not swiglu_mlp.auto_applies(
+            torch.cuda.get_device_capability(device), model.cfg.d_model)):
         return False, None
     problem = swiglu_mlp.problem(model)
     if problem is not None:

@@ -40,6 +40,10 @@ reference = swiglu_mlp_reference
 
 MIN_CAPABILITY = (9, 0)  # quack's warp-specialised GEMMs are Hopper's (sm_90) and later
 AUTO_CAPABILITIES = ((9, 0),)  # where --fused-mlp auto turns it on: measured there (H100)
+# ... and for models this wide or wider (the 124m preset's width and up, where it was measured). Its
+# autotuning costs minutes at the first start whatever the width, while the time it saves a step grows
+# with the width, so a narrow model would wait for it and gain nearly nothing.
+AUTO_MIN_D_MODEL = 768
 DIM_MULTIPLE = 16  # d_model and d_ff: TMA wants 16-byte-aligned rows (8 bf16 elements); 16 keeps a margin
 
 
@@ -80,6 +84,11 @@ def use_cache_dir(root: Path, device: torch.device) -> Path:
     if "quack.cache" in sys.modules:  # imported already: its compiled-kernel cache reads this at each compile
         sys.modules["quack.cache"].CACHE_DIR = str(path)
     return path
+
+
+def auto_applies(capability: tuple[int, int], d_model: int) -> bool:
+    """Whether ``--fused-mlp auto`` wants it for this GPU and model width (before :func:`problem`'s checks)."""
+    return capability in AUTO_CAPABILITIES and d_model >= AUTO_MIN_D_MODEL
 
 
 def problem(model: torch.nn.Module) -> str | None:

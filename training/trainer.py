@@ -329,12 +329,8 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     model = build_model(cfg, tok.get_vocab_size(), hw, ckpt["state"] if ckpt else None)
     kernel_choices = kernels.resolve(cfg.hardware.kernels, hw.device, compile=hw.compile)
     fp8_lm_head = kernels.fp8_lm_head_wanted(cfg.hardware.fp8_lm_head, model, kernel_choices)
-    if cfg.hardware.compile_cache and cfg.hardware.fused_mlp != "off" and hw.device.type == "cuda":
-        # before quack is imported: its autotuners read the setting when they are built
-        from model.kernels.swiglu_mlp import use_cache_dir
-
-        use_cache_dir(Path(cfg.checkpoint.dir) / CACHE_DIR / "quack", hw.device)
-    fused_mlp, fused_mlp_note = kernels.fused_mlp_wanted(cfg.hardware.fused_mlp, model)
+    quack_cache = Path(cfg.checkpoint.dir) / CACHE_DIR / "quack" if cfg.hardware.compile_cache else None
+    fused_mlp, fused_mlp_note = kernels.fused_mlp_wanted(cfg.hardware.fused_mlp, model, quack_cache)
     if fused_mlp_note:
         console.say(f"warning: {fused_mlp_note}")
     kernels.apply_to_model(model, kernel_choices, fp8_lm_head=fp8_lm_head, fused_mlp=fused_mlp)

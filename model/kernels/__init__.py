@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -130,7 +131,7 @@ def fp8_lm_head_wanted(mode: str, model: torch.nn.Module, choices: dict[str, str
 FUSED_MLP_MODES = ("auto", "on", "off")
 
 
-def fused_mlp_wanted(mode: str, model: torch.nn.Module) -> tuple[bool, str | None]:
+def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None = None) -> tuple[bool, str | None]:
     """Whether ``--fused-mlp MODE`` runs this model's MLPs through quack's fused GEMMs, and why not if not.
 
     ``off``: never. ``on``: wherever it can run (a CUDA GPU of compute capability 9.0+, bf16 weights, no
@@ -140,7 +141,10 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module) -> tuple[bool, str | Non
     caller reports it). The reason is None when ``auto`` is off for an ordinary cause (the CPU, another GPU,
     a narrow model, BitNet), and says what failed when quack does not import or fails its check where
     ``auto`` would have run it.
-    PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the evidence.
+    ``cache_root``: where quack keeps its compiled kernels and tuned configs (the trainer: next to the
+    checkpoints; :func:`model.kernels.swiglu_mlp.use_cache_dir`), set just before quack is first imported;
+    None leaves quack's own settings. PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the
+    evidence.
     """
     if mode not in FUSED_MLP_MODES:
         raise ValueError(f"--fused-mlp must be one of {FUSED_MLP_MODES}; got {mode!r}")
@@ -157,6 +161,8 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module) -> tuple[bool, str | Non
         if mode == "auto":
             return False, None
         raise RuntimeError(problem)
+    if cache_root is not None:
+        swiglu_mlp.use_cache_dir(cache_root, device)
     problem = swiglu_mlp.import_problem() or swiglu_mlp.startup_check(device)
     if problem is not None:
         if mode == "auto":  # it should have run here: say why it does not

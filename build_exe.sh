@@ -83,10 +83,16 @@ out=$(nopy -I -c 'import sys, math, json; print(json.dumps(math.isqrt(49)), sys.
     || fail "Python mode (-c) exited $?"
 [ "$out" = "7 ['a', 'b']" ] || fail "Python mode printed '$out'"
 if [ "$(uname -sm)" = "Linux x86_64" ]; then  # quack ships in the side site-packages (eco_train.spec)
-    out=$(nopy -c 'import quack, quack.mlp, quack.epilogue.library, cutlass.cute
+    # ... and the fused MLP's shipped tuned configs are in the bundle and refile into a quack cache there
+    shipped=$(find model/kernels/quack_tuned -name '*.autotune.json' | wc -l)
+    out=$(nopy -c 'import sys, tempfile, pathlib, quack, quack.mlp, quack.epilogue.library, cutlass.cute
 from quack.gemm_runtime import identity
+from model.kernels.swiglu_mlp import seed_tuned_configs
 assert identity._is_extern_function(cutlass.cute.jit), "quack does not count cutlass as a fixed library"
-print("quack", quack.__version__)') || fail "quack (--fused-mlp) does not import in the binary: exit $?"
+with tempfile.TemporaryDirectory() as cache:
+    seeded = seed_tuned_configs(pathlib.Path(cache), "NVIDIA_H100_80GB_HBM3")
+assert seeded == int(sys.argv[1]), f"{seeded} of {sys.argv[1]} tuned configs seeded"
+print("quack", quack.__version__)' "$shipped") || fail "quack (--fused-mlp) or its tuned configs fail in the binary: exit $?"
     [[ "$out" == "quack "* ]] || fail "quack import printed '$out'"
 fi
 nopy --device cpu --model-preset tiny --steps 3 --seq-len 32 --batch-size 2 --vocab-size 512 \

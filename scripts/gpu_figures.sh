@@ -26,6 +26,10 @@
 #                                            # unpacked into /tmp/q/site-packages (the GPU machine's own Python)
 #   scripts/gpu_figures.sh OUT_DIR fused_tests  # (after quack_stage, or after fused) tests/test_gpu.py with it on
 #   scripts/gpu_figures.sh OUT_DIR fused_350    # (likewise) the 350m step with it (sigma) and without it
+#   scripts/gpu_figures.sh OUT_DIR fused_pin    # (likewise) scripts/tune_fused_mlp.py: the tuned configs, as a tar
+#   scripts/gpu_figures.sh OUT_DIR fused_seeded # (likewise) 124m and 350m steps from a new quack cache seeded with
+#                                            # the shipped configs: the first start's cost, and what it still tunes
+#   scripts/gpu_figures.sh OUT_DIR fused_seed_check  # (likewise) the MLP alone at two shapes from a new seeded cache
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -35,8 +39,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -175,7 +179,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_tests|fused_350)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -194,6 +198,31 @@ case $part in
             fused_350)  # session 17's 270 s ran out while sigma autotuned the 350m shapes: a whole call
                 bench bench_train_fused_mlp_350m 560 python3 scripts/bench_train.py --presets 350m --contenders \
                     sigma sigma_unfused_mlp --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_fused_mlp_350m.json" ;;
+            fused_pin)  # tune the presets' shapes into model/kernels/quack_tuned/<GPU>/ here; they come back as a tar
+                bench tune_fused_mlp 550 python3 scripts/tune_fused_mlp.py --json "$out/tune_fused_mlp.json"
+                tar -czf "$out/quack_tuned.tgz" -C model/kernels quack_tuned ;;
+            fused_seeded)  # a first start with the shipped configs: a new quack cache, nothing compiled in it yet
+                export QUACK_CACHE_DIR=/tmp/q/cache_seeded
+                rm -rf "$QUACK_CACHE_DIR"
+                shipped=$(find model/kernels/quack_tuned -name '*.autotune.json' | wc -l)
+                tuned_here() {  # config files in the cache that were not shipped: shapes tuned on this machine
+                    comm -13 <(cd model/kernels/quack_tuned/* && find . -name '*.autotune.json' | sort) \
+                        <(cd "$QUACK_CACHE_DIR" && find . -name '*.autotune.json' | sort) | tee "$out/tuned_here_$1.txt" | wc -l
+                }
+                echo "shipped tuned configs: $shipped"
+                bench bench_train_fused_seeded 300 python3 scripts/bench_train.py --presets 124m --contenders sigma \
+                    sigma_unfused_mlp plain --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fused_seeded.json"
+                echo "tuned here at 124m (not shipped): $(tuned_here 124m)"
+                bench bench_train_fused_seeded_350m 250 python3 scripts/bench_train.py --presets 350m --contenders \
+                    sigma sigma_unfused_mlp --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_fused_seeded_350m.json"
+                echo "tuned here at 350m (not shipped): $(tuned_here 350m)" ;;
+            fused_seed_check)  # the MLP alone from a new cache seeded by the trainer's code: compiles, tunes nothing
+                export QUACK_CACHE_DIR=/tmp/q/cache_check
+                rm -rf "$QUACK_CACHE_DIR" /tmp/q/into
+                bench seed_check 200 python3 scripts/tune_fused_mlp.py --shapes 124m:65536 350m:32768 --into /tmp/q/into \
+                    --json "$out/seed_check.json"
+                echo "config files in the cache: $(find "$QUACK_CACHE_DIR" -name '*.autotune.json' | wc -l)," \
+                    "shipped: $(find model/kernels/quack_tuned -name '*.autotune.json' | wc -l)" | tee "$out/seed_check_count.txt" ;;
         esac
         ;;
     *)

@@ -140,6 +140,33 @@ def test_bench_quack_mlp_without_a_gpu_says_where_to_run_it() -> None:
     assert "compute capability 9.0" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_tune_fused_mlp_without_a_gpu_says_where_to_run_it() -> None:
+    r = run_script("tune_fused_mlp.py", "--shapes", "124m:65536")
+    assert r.returncode != 0 and "compute capability 9.0" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tune_fused_mlp_shapes_and_collect(tmp_path: Path) -> None:
+    """Shapes are PRESET:TOKENS; collecting copies the cache's tuned-config files that are new or changed."""
+    import tune_fused_mlp
+
+    assert tune_fused_mlp.parse_shape("124m:65536") == ("124m", 65536)
+    for bad in ("124m", "nope:128", "124m:0", "124m:x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            tune_fused_mlp.parse_shape(bad)
+    cache, into = tmp_path / "cache", tmp_path / "into"
+    for key, text in (("K1", "one"), ("K2", "two")):
+        (cache / key).mkdir(parents=True)
+        (cache / key / "gemm_tuned.autotune.json").write_text(text)
+    (cache / "K1" / "gemm_tuned.json").write_text("a compiled kernel's index, not a tuning")
+    assert tune_fused_mlp.collect(cache, into) == 2
+    assert tune_fused_mlp.collect(cache, into) == 0  # nothing new
+    (cache / "K2" / "gemm_tuned.autotune.json").write_text("retuned")
+    assert tune_fused_mlp.collect(cache, into) == 1
+    assert sorted(str(f.relative_to(into)) for f in into.rglob("*") if f.is_file()) == [
+        "K1/gemm_tuned.autotune.json", "K2/gemm_tuned.autotune.json"]
+    assert (into / "K2" / "gemm_tuned.autotune.json").read_text() == "retuned"
+
+
 def test_default_contenders_are_the_baselines_and_our_stack() -> None:
     assert bench_train.parse_args([]).contenders == ["hf_qwen3", "plain", "sigma", "sigma_adamw"]
 

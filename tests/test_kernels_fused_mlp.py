@@ -5,6 +5,7 @@ into the model, and that quack from the lock imports here. quack's GEMMs themsel
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import subprocess
@@ -119,6 +120,61 @@ def test_quack_from_the_lock_imports_and_fingerprints_its_epilogues() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("quack 0.6.5")
+
+
+SEED_CHECK = r"""
+import json, pathlib, shutil, sys
+from quack.epilogue import library
+from model.kernels.swiglu_mlp import MLP_EPILOGUES, TUNED_DIR, seed_tuned_configs
+
+gpu, tmp = "NVIDIA_H100_80GB_HBM3", pathlib.Path(sys.argv[1])
+shipped = sorted((TUNED_DIR / gpu).glob("*/*.autotune.json"))
+cache = tmp / "cache"
+plain = next(f for f in shipped if f.name == "gemm_tuned.autotune.json")
+kept = cache / plain.parent.name / plain.name  # a result tuned here before: seeding must keep it
+kept.parent.mkdir(parents=True)
+kept.write_text("tuned here")
+report = {"shipped": len(shipped), "first": seed_tuned_configs(cache, gpu), "again": seed_tuned_configs(cache, gpu)}
+report["kept"] = kept.read_text()
+seeded = sorted(cache.glob("*/*.autotune.json"))
+report["plain_folders_same"] = (sorted(f.parent.name for f in seeded if f.name == "gemm_tuned.autotune.json")
+                                == sorted(f.parent.name for f in shipped if f.name == "gemm_tuned.autotune.json"))
+mods = {name: getattr(library, builder)("swiglu", **kw) for name, (builder, kw) in MLP_EPILOGUES.items()}
+report["mod_names"] = sorted({f.name for f in seeded if f.name.startswith("mod_")})
+report["local_names"] = sorted(f"mod_{m._ident}.autotune.json" for m in mods.values())
+report["keys_name_local_digests"] = all(
+    any(m.semantic_digest in json.loads(f.read_text())["key"] for m in mods.values())
+    for f in seeded if f.name.startswith("mod_"))
+# a shipped file that does not hash back to its folder: nothing is seeded
+broken = tmp / "broken"
+shutil.copytree(TUNED_DIR / gpu, broken / gpu)
+moved = broken / gpu / shipped[-1].parent.name
+moved.rename(moved.with_name("NOT" + moved.name))
+report["broken"] = seed_tuned_configs(tmp / "cache2", gpu, source=broken)
+report["broken_wrote"] = len(list((tmp / "cache2").glob("*/*"))) if (tmp / "cache2").exists() else 0
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
+                    reason="the lock installs quack on Linux x86-64 only")
+def test_shipped_tuned_configs_refile_into_a_quack_cache_for_this_python(tmp_path) -> None:
+    """The H100's tuned configs, collected under the GPU machine's Python, land where this quack looks for them.
+
+    Every shipped file hashes back to its own folder with the config order from quack's config space (else
+    nothing is seeded, checked by moving one); the plain GEMMs' files keep their folders; the epilogue GEMMs'
+    files are renamed and rekeyed with this Python's digests of the MLP's two epilogues; a result already in
+    the cache is kept; a second seeding writes nothing (a subprocess: quack's import is heavy)."""
+    r = subprocess.run([sys.executable, "-c", SEED_CHECK, str(tmp_path)], capture_output=True, text=True,
+                       timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["shipped"] > 0
+    assert report["kept"] == "tuned here"
+    assert report["first"] == report["shipped"] - 1 and report["again"] == 0
+    assert report["plain_folders_same"]
+    assert report["mod_names"] == report["local_names"] and report["keys_name_local_digests"]
+    assert report["broken"] == 0 and report["broken_wrote"] == 0
 
 
 def test_a_missing_quack_is_named_with_the_fix(monkeypatch) -> None:

@@ -142,8 +142,8 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None 
     a narrow model, BitNet), and says what failed when quack does not import or fails its check where
     ``auto`` would have run it.
     ``cache_root``: where quack keeps its compiled kernels and tuned configs (the trainer: next to the
-    checkpoints; :func:`model.kernels.swiglu_mlp.use_cache_dir`), set just before quack is first imported;
-    None leaves quack's own settings. PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the
+    checkpoints; None: ``QUACK_CACHE_DIR`` or quack's own folder), set just before quack is first imported and
+    seeded with the configs shipped for this GPU model (:func:`model.kernels.swiglu_mlp.use_cache_dir`). PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the
     evidence.
     """
     if mode not in FUSED_MLP_MODES:
@@ -161,8 +161,7 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None 
         if mode == "auto":
             return False, None
         raise RuntimeError(problem)
-    if cache_root is not None:
-        swiglu_mlp.use_cache_dir(cache_root, device)
+    swiglu_mlp.use_cache_dir(cache_root, device)
     problem = swiglu_mlp.import_problem() or swiglu_mlp.startup_check(device)
     if problem is not None:
         if mode == "auto":  # it should have run here: say why it does not

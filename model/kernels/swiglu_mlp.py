@@ -9,7 +9,9 @@ runs the same maths in two GEMMs of quack (``quack-kernels``, Tri Dao's CuTe-DSL
   through memory;
 * the down projection's backward GEMM turns ``dh`` into ``dg, du`` in its epilogue.
 
-Both are warp-specialised persistent GEMMs; their configs are autotuned per shape at the first call.
+Both are warp-specialised persistent GEMMs; their configs are autotuned per shape at the first call,
+unless the configs tuned for that shape on this GPU model ship with us (:data:`TUNED_DIR`): then only the
+chosen configs compile.
 On the H100 at the 124m shapes this makes a block's MLP 1.13x faster than the compiled reference
 (forward + backward) and the training step ~5% faster (PERFORMANCE.md, "SwiGLU inside the matmuls").
 The gate and up weights stay separate parameters (Muon orthogonalises each); their concatenation is
@@ -17,7 +19,7 @@ a bf16 copy of 2 x d_ff x d_model per forward, ~6 MB a block at 124m.
 
 quack compiles each GEMM config with the CuTe-DSL compiler into ``.o`` files and keeps them, and its
 autotuning results, under :func:`use_cache_dir` (the trainer: ``<checkpoint dir>/compile_cache/quack``),
-so a restart neither recompiles nor re-tunes. :func:`startup_check` compiles and runs a small MLP
+so a restart neither recompiles nor re-tunes; that folder starts with the shipped tuned configs. :func:`startup_check` compiles and runs a small MLP
 forward and backward against the reference before a run relies on it (a broken compiler install or a
 bundle that lost a library is then a start-up message, not a crash in the first step).
 
@@ -26,6 +28,9 @@ Shape suffix legend: M rows (tokens), D d_model, F d_ff.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import re
 import sys
@@ -69,20 +74,122 @@ def quack_mlp(tuned: bool = True) -> Callable:
     return swiglu_mlp
 
 
-def use_cache_dir(root: Path, device: torch.device) -> Path:
+# quack's tuned GEMM configs for the shapes our presets train, as its autotuner writes them
+# (``<GPU model>/<key>/<function>.autotune.json``), collected on that GPU model by scripts/tune_fused_mlp.py.
+# :func:`use_cache_dir` seeds quack's cache with them, so a first start compiles only the chosen configs
+# instead of tuning for minutes.
+TUNED_DIR = Path(__file__).with_name("quack_tuned")
+
+# The GEMM epilogues of quack's mlp_func with SwiGLU and no bias (quack 0.6.5: gemm_gated's linear_act_mod in
+# the forward, gemm_dgated's dgated_mod in the backward), by their function's name: how to build each here.
+# An epilogue's tuned configs are filed under a digest of its generated code, which depends on the Python that
+# built it (bytecode), so a shipped file names the tuning machine's digest and seeding swaps in this one's.
+MLP_EPILOGUES = {
+    "linear_act_epi": ("linear_act_mod", dict(gated=True, has_c=False, has_rowvec=False, has_colvec=False, sr=False,
+                                              has_alpha=False)),
+    "dgated_epi": ("dgated_mod", dict(has_scale=False, has_reduce=False)),
+}
+
+
+def gpu_folder_name(device: torch.device) -> str:
+    """The GPU model as a folder name (tuned configs are per GPU model): ``NVIDIA_H100_80GB_HBM3``."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", gpu)
+
+
+def autotune_folder(version: str, key: str, configs: list[str]) -> str:
+    """The folder quack's autotuner files a result under: a hash of its version, tuning key and config list.
+
+    quack.autotuner.Autotuner.check_disk_cache: sha256 of ``"-".join([version, key, *configs])`` in base32,
+    ``configs`` in the order the tuner holds them. :func:`seed_tuned_configs` checks this against the shipped
+    files' folders before it trusts it.
+    """
+    digest = hashlib.sha256("-".join([version, key, *configs]).encode()).digest()
+    return base64.b32encode(digest).decode().rstrip("=")
+
+
+def seed_tuned_configs(cache_dir: Path, gpu: str, source: Path = TUNED_DIR) -> int:
+    """Write the shipped tuned configs of GPU model ``gpu`` into quack's cache where it has none; returns how many.
+
+    Each shipped file is quack's own result, refiled for this process. Its folder hashes the config list in
+    the tuner's order, which the file does not keep (it lists them as they were timed), so the order is taken
+    from quack's config space (a pruned tuner keeps its order). Every shipped file must hash back to its own
+    folder that way; if one does not (another quack version, or quack files its results differently now),
+    nothing is seeded and quack tunes as it would without us. An epilogue GEMM's key and name then get this
+    Python's digest of the epilogue (:data:`MLP_EPILOGUES`) and its folder is recomputed. A result already in
+    the cache (tuned here, or seeded before) is kept: this never overwrites. Each file appears whole (written
+    beside, then renamed), so a process reading the cache meanwhile never sees half of one.
+    """
+    shipped = sorted((source / gpu).glob("*/*.autotune.json"))
+    if not shipped:
+        return 0
+    import quack
+    from quack.autotuner import AutotuneConfig
+    from quack.epilogue import library
+    from quack.gemm_config import get_all_configs
+
+    def config_order(hint: str | None) -> dict[str, int]:
+        return {str(AutotuneConfig(config=c)): i for i, c in enumerate(get_all_configs(epilogue=hint))}
+
+    plain_order = config_order(None)  # quack.gemm_interface.gemm_tuned's list
+    plan = []
+    for src in shipped:
+        entry = json.loads(src.read_text())
+        key, name = entry["key"], src.name
+        mod = None
+        if name.startswith("mod_"):
+            builder = MLP_EPILOGUES.get(name.removeprefix("mod_").rsplit("_", 1)[0])
+            if builder is None:
+                return 0
+            mod = getattr(library, builder[0])("swiglu", **builder[1])
+        # quack.gemm_runtime.autotune._config_space: the gated hint for the paired-accumulator modes
+        order = plain_order if mod is None else config_order(
+            "gated" if mod.mode in ("acc_pair", "packed_cd_b16x2") else None)
+        configs = sorted((config for config, _ in entry["configs_timings"]), key=lambda c: order.get(c, len(order)))
+        if autotune_folder(quack.__version__, key, configs) != src.parent.name:
+            return 0
+        if mod is not None:
+            shipped_digest = re.match(r"\('([0-9a-f]{64})'", key)
+            if shipped_digest is None:
+                return 0
+            entry["key"] = key = key.replace(shipped_digest[1], mod.semantic_digest)
+            name = f"mod_{mod._ident}"[:150] + ".autotune.json"  # quack: f"{fn.__name__[:150]}.autotune.json"
+        plan.append((cache_dir / autotune_folder(quack.__version__, key, configs) / name, entry))
+    copied = 0
+    for dest, entry in plan:
+        if dest.exists():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        part.write_text(json.dumps(entry))
+        os.replace(part, dest)
+        copied += 1
+    return copied
+
+
+def use_cache_dir(root: Path | None, device: torch.device) -> Path:
     """Keep quack's compiled kernels and autotuning results under ``root/<GPU name>``; returns the folder used.
 
-    A ``QUACK_CACHE_DIR`` already set (by the user, or the tests sharing one) wins over ``root``. Call it
-    before quack is first imported: its autotuners read ``QUACK_CACHE_AUTOTUNING`` when they are built (at
-    import). The folder is per GPU model, since tuned configs are per GPU.
+    A ``QUACK_CACHE_DIR`` already set (by the user, or the tests sharing one) wins over ``root``; with neither,
+    quack's own default folder is used. Autotuning results are kept there (``QUACK_CACHE_AUTOTUNING=1`` unless
+    the user set it), and the folder is seeded with the tuned configs shipped for this GPU model
+    (:func:`seed_tuned_configs`). Call it before quack is first imported: its autotuners read
+    ``QUACK_CACHE_AUTOTUNING`` when they are built (at import).
     """
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    path = Path(os.environ.get("QUACK_CACHE_DIR") or root / re.sub(r"[^A-Za-z0-9_.-]+", "_", gpu))
+    gpu = gpu_folder_name(device)
+    if os.environ.get("QUACK_CACHE_DIR"):
+        path = Path(os.environ["QUACK_CACHE_DIR"])
+    elif root is not None:
+        path = root / gpu
+    else:  # quack's default (quack.autotuner.default_cache_dir, not imported here: see above)
+        path = Path(os.environ.get("QUACK_HOME") or Path.home()) / ".quack" / "cache"
     path.mkdir(parents=True, exist_ok=True)
     os.environ["QUACK_CACHE_DIR"] = str(path)
     os.environ.setdefault("QUACK_CACHE_AUTOTUNING", "1")
     if "quack.cache" in sys.modules:  # imported already: its compiled-kernel cache reads this at each compile
         sys.modules["quack.cache"].CACHE_DIR = str(path)
+    if os.environ["QUACK_CACHE_AUTOTUNING"] == "1":
+        seed_tuned_configs(path, gpu)
     return path
 
 

@@ -177,6 +177,22 @@ def test_shipped_tuned_configs_refile_into_a_quack_cache_for_this_python(tmp_pat
     assert report["broken"] == 0 and report["broken_wrote"] == 0
 
 
+def test_seeding_without_quack_or_from_a_damaged_file_seeds_nothing_and_does_not_raise(tmp_path, monkeypatch) -> None:
+    from model.kernels.swiglu_mlp import TUNED_DIR, seed_tuned_configs
+
+    gpu = "NVIDIA_H100_80GB_HBM3"
+    assert seed_tuned_configs(tmp_path / "c0", "NVIDIA_A100-SXM4-80GB") == 0  # nothing shipped for it
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "quack", None)  # `import quack` raises ImportError
+        assert seed_tuned_configs(tmp_path / "c1", gpu) == 0
+    damaged = tmp_path / "shipped" / gpu / "KEY"
+    damaged.mkdir(parents=True)
+    (damaged / "gemm_tuned.autotune.json").write_text('{"key": "(True,", "configs_')  # cut short
+    assert seed_tuned_configs(tmp_path / "c2", gpu, source=tmp_path / "shipped") == 0
+    assert not (tmp_path / "c1").exists() and not (tmp_path / "c2").exists()
+    assert TUNED_DIR.is_dir()
+
+
 def test_a_missing_quack_is_named_with_the_fix(monkeypatch) -> None:
     from model.kernels.swiglu_mlp import import_problem
 

@@ -116,26 +116,36 @@ def seed_tuned_configs(cache_dir: Path, gpu: str, source: Path = TUNED_DIR) -> i
     from quack's config space (a pruned tuner keeps its order). Every shipped file must hash back to its own
     folder that way; if one does not (another quack version, or quack files its results differently now),
     nothing is seeded and quack tunes as it would without us. An epilogue GEMM's key and name then get this
-    Python's digest of the epilogue (:data:`MLP_EPILOGUES`) and its folder is recomputed. A result already in
-    the cache (tuned here, or seeded before) is kept: this never overwrites. Each file appears whole (written
-    beside, then renamed), so a process reading the cache meanwhile never sees half of one.
+    Python's digest of the epilogue (:data:`MLP_EPILOGUES`) and its folder is recomputed. A damaged shipped
+    file, or a quack that does not import, also seeds nothing (the latter is :func:`import_problem`'s to
+    report). A result already in the cache (tuned here, or seeded before) is kept: this never overwrites. Each
+    file appears whole (written beside, then renamed), so a process reading the cache meanwhile never sees
+    half of one.
     """
-    shipped = sorted((source / gpu).glob("*/*.autotune.json"))
-    if not shipped:
+    entries = []
+    for src in sorted((source / gpu).glob("*/*.autotune.json")):
+        try:
+            entry = json.loads(src.read_text())
+            entries.append((src, entry, entry["key"], [config for config, _ in entry["configs_timings"]]))
+        except (OSError, ValueError, KeyError, TypeError):  # a damaged file: quack would fail on it
+            return 0
+    if not entries:
         return 0
-    import quack
-    from quack.autotuner import AutotuneConfig
-    from quack.epilogue import library
-    from quack.gemm_config import get_all_configs
+    try:
+        import quack
+        from quack.autotuner import AutotuneConfig
+        from quack.epilogue import library
+        from quack.gemm_config import get_all_configs
+    except Exception:  # quack does not import here: import_problem says why, where it matters
+        return 0
 
     def config_order(hint: str | None) -> dict[str, int]:
         return {str(AutotuneConfig(config=c)): i for i, c in enumerate(get_all_configs(epilogue=hint))}
 
     plain_order = config_order(None)  # quack.gemm_interface.gemm_tuned's list
     plan = []
-    for src in shipped:
-        entry = json.loads(src.read_text())
-        key, name = entry["key"], src.name
+    for src, entry, key, configs in entries:
+        name = src.name
         mod = None
         if name.startswith("mod_"):
             builder = MLP_EPILOGUES.get(name.removeprefix("mod_").rsplit("_", 1)[0])
@@ -145,7 +155,7 @@ def seed_tuned_configs(cache_dir: Path, gpu: str, source: Path = TUNED_DIR) -> i
         # quack.gemm_runtime.autotune._config_space: the gated hint for the paired-accumulator modes
         order = plain_order if mod is None else config_order(
             "gated" if mod.mode in ("acc_pair", "packed_cd_b16x2") else None)
-        configs = sorted((config for config, _ in entry["configs_timings"]), key=lambda c: order.get(c, len(order)))
+        configs.sort(key=lambda c: order.get(c, len(order)))
         if autotune_folder(quack.__version__, key, configs) != src.parent.name:
             return 0
         if mod is not None:

@@ -142,9 +142,9 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None 
     a narrow model, BitNet), and says what failed when quack does not import or fails its check where
     ``auto`` would have run it.
     ``cache_root``: where quack keeps its compiled kernels and tuned configs (the trainer: next to the
-    checkpoints; None: ``QUACK_CACHE_DIR`` or quack's own folder), set just before quack is first imported and
-    seeded with the configs shipped for this GPU model (:func:`model.kernels.swiglu_mlp.use_cache_dir`). PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the
-    evidence.
+    checkpoints; None: ``QUACK_CACHE_DIR`` or quack's own folder), set just before quack is first imported
+    and seeded with the configs shipped for this GPU model (:func:`model.kernels.swiglu_mlp.use_cache_dir`).
+    PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the evidence.
     """
     if mode not in FUSED_MLP_MODES:
         raise ValueError(f"--fused-mlp must be one of {FUSED_MLP_MODES}; got {mode!r}")

@@ -19,9 +19,10 @@ a bf16 copy of 2 x d_ff x d_model per forward, ~6 MB a block at 124m.
 
 quack compiles each GEMM config with the CuTe-DSL compiler into ``.o`` files and keeps them, and its
 autotuning results, under :func:`use_cache_dir` (the trainer: ``<checkpoint dir>/compile_cache/quack``),
-so a restart neither recompiles nor re-tunes; that folder starts with the shipped tuned configs. :func:`startup_check` compiles and runs a small MLP
-forward and backward against the reference before a run relies on it (a broken compiler install or a
-bundle that lost a library is then a start-up message, not a crash in the first step).
+so a restart neither recompiles nor re-tunes; that folder starts with the shipped tuned configs.
+:func:`startup_check` compiles and runs a small MLP forward and backward against the reference before a
+run relies on it (a broken compiler install or a bundle that lost a library is then a start-up message,
+not a crash in the first step).
 
 Shape suffix legend: M rows (tokens), D d_model, F d_ff.
 """

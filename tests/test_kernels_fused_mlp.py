@@ -87,6 +87,34 @@ def test_fused_mlp_modes_on_the_cpu() -> None:
     assert all(block.mlp.fused is None for block in model.layers)
 
 
+def test_a_quack_that_fails_where_auto_would_run_it_is_reported_and_on_stops(tmp_path, monkeypatch) -> None:
+    """On an H100-class GPU with a 124m-wide model, ``auto`` runs quack, so a quack that does not import or fails
+    its start-up check is reported (and the run goes on unfused), while ``on`` stops naming it. No GPU here: the
+    model stands in with CUDA-placed parameters and the GPU queries answer for an H100; the cache folder is
+    the trainer's, set before the check."""
+    from model.kernels import swiglu_mlp
+
+    class OnTheGpu(torch.nn.Module):
+        cfg = types.SimpleNamespace(d_model=768)
+
+        def parameters(self, recurse: bool = True):
+            yield types.SimpleNamespace(device=torch.device("cuda", 0))
+
+    folders = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(swiglu_mlp, "problem", lambda model: None)
+    monkeypatch.setattr(swiglu_mlp, "use_cache_dir", lambda root, device: folders.append(root))
+    for failing, message in (("import_problem", "quack does not import"), ("startup_check", "off from the reference")):
+        monkeypatch.setattr(swiglu_mlp, "import_problem", lambda: None)
+        monkeypatch.setattr(swiglu_mlp, "startup_check", lambda device: None)
+        assert kernels.fused_mlp_wanted("auto", OnTheGpu(), tmp_path) == (True, None)
+        monkeypatch.setattr(swiglu_mlp, failing, lambda *device, said=message: said)
+        assert kernels.fused_mlp_wanted("auto", OnTheGpu(), tmp_path) == (False, f"--fused-mlp auto: left off, {message}")
+        with pytest.raises(RuntimeError, match=f"--fused-mlp on: {message}"):
+            kernels.fused_mlp_wanted("on", OnTheGpu(), tmp_path)
+    assert folders == [tmp_path] * 6
+
+
 def test_auto_wants_an_h100_class_gpu_and_a_124m_wide_model() -> None:
     from model.kernels.swiglu_mlp import auto_applies
 

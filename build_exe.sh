@@ -84,7 +84,7 @@ out=$(nopy -I -c 'import sys, math, json; print(json.dumps(math.isqrt(49)), sys.
 [ "$out" = "7 ['a', 'b']" ] || fail "Python mode printed '$out'"
 if [ "$(uname -sm)" = "Linux x86_64" ]; then  # quack ships in the side site-packages (eco_train.spec)
     # ... and the fused MLP's shipped tuned configs are in the bundle and refile into a quack cache there
-    shipped=$(find model/kernels/quack_tuned -name '*.autotune.json' | wc -l)
+    shipped=$(find model/kernels/quack_tuned/NVIDIA_H100_80GB_HBM3 -name '*.autotune.json' | wc -l)
     out=$(nopy -c 'import sys, tempfile, pathlib, quack, quack.mlp, quack.epilogue.library, cutlass.cute
 from quack.gemm_runtime import identity
 from model.kernels.swiglu_mlp import seed_tuned_configs

@@ -187,6 +187,8 @@ case $part in
         export PYTHONPATH=/tmp/q/site-packages:/tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages \
             QUACK_CACHE_DIR=/tmp/q/cache QUACK_CACHE_AUTOTUNING=1 QUACK_COMPILE_WORKERS=16
         python3 -c "import quack.mlp, quack.epilogue.library; print('quack', quack.__version__)" || exit 1
+        # this GPU model's shipped tuned configs (model.kernels.swiglu_mlp.gpu_folder_name)
+        tuned_dir=model/kernels/quack_tuned/$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed -E 's/[^A-Za-z0-9_.-]+/_/g')
         case $part in
             fused)
                 bench gpu_tests_fused_mlp 150 python3 -m pytest -q tests/test_gpu_fused_mlp.py
@@ -204,9 +206,9 @@ case $part in
             fused_seeded)  # a first start with the shipped configs: a new quack cache, nothing compiled in it yet
                 export QUACK_CACHE_DIR=/tmp/q/cache_seeded
                 rm -rf "$QUACK_CACHE_DIR"
-                shipped=$(find model/kernels/quack_tuned -name '*.autotune.json' | wc -l)
+                shipped=$(find "$tuned_dir" -name '*.autotune.json' | wc -l)
                 tuned_here() {  # config files in the cache that were not shipped: shapes tuned on this machine
-                    comm -13 <(cd model/kernels/quack_tuned/* && find . -name '*.autotune.json' | sort) \
+                    comm -13 <(cd "$tuned_dir" && find . -name '*.autotune.json' | sort) \
                         <(cd "$QUACK_CACHE_DIR" && find . -name '*.autotune.json' | sort) | tee "$out/tuned_here_$1.txt" | wc -l
                 }
                 echo "shipped tuned configs: $shipped"
@@ -222,7 +224,7 @@ case $part in
                 bench seed_check 200 python3 scripts/tune_fused_mlp.py --shapes 124m:65536 350m:32768 --into /tmp/q/into \
                     --json "$out/seed_check.json"
                 echo "config files in the cache: $(find "$QUACK_CACHE_DIR" -name '*.autotune.json' | wc -l)," \
-                    "shipped: $(find model/kernels/quack_tuned -name '*.autotune.json' | wc -l)" | tee "$out/seed_check_count.txt" ;;
+                    "shipped: $(find "$tuned_dir" -name '*.autotune.json' | wc -l)" | tee "$out/seed_check_count.txt" ;;
         esac
         ;;
     *)

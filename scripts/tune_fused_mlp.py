@@ -16,7 +16,8 @@ Each ``PRESET:TOKENS`` shape runs the MLP of that preset's width, forward and ba
 ``quack_mlp``. The defaults are what our runs train: ``bench_train.py`` (32 x 2048 tokens), the main job
 ``train_sigma_args.txt`` (32 x 1024) and the GPU tests' tiny runs. The cache starts from the shipped
 configs, so shapes already shipped are not tuned again; after each shape, every config file in the cache
-is copied into ``--into`` (a file already there with other content is replaced: the new timing wins).
+is copied into ``--into`` (a file already there with other content is replaced: the new timing wins),
+except the seeded ones.
 """
 
 from __future__ import annotations
@@ -49,12 +50,25 @@ def parse_shape(text: str) -> tuple[str, int]:
     return preset, int(tokens)
 
 
+def timings(path: Path) -> str | None:
+    """A tuned-config file's measured timings, as text (None if it has none): what no other tuning repeats."""
+    try:
+        return json.dumps(json.loads(path.read_text())["configs_timings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def collect(cache: Path, into: Path) -> int:
-    """Copy every tuned-config file of ``cache`` into ``into`` (same layout); returns how many were new or changed."""
+    """Copy every tuned-config file of ``cache`` into ``into`` (same layout); returns how many were new or changed.
+
+    A file seeded from ``into`` is not copied back: under another Python its name and folder differ (the
+    epilogue digest, see ``seed_tuned_configs``), but its timings are those of a file already there.
+    """
+    shipped = {timings(f) for f in into.glob("*/*.autotune.json")} - {None}
     changed = 0
     for src in sorted(cache.glob("*/*.autotune.json")):
         dest = into / src.parent.name / src.name
-        if dest.exists() and dest.read_bytes() == src.read_bytes():
+        if dest.exists() and dest.read_bytes() == src.read_bytes() or timings(src) in shipped:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)

@@ -146,25 +146,31 @@ def test_tune_fused_mlp_without_a_gpu_says_where_to_run_it() -> None:
 
 
 def test_tune_fused_mlp_shapes_and_collect(tmp_path: Path) -> None:
-    """Shapes are PRESET:TOKENS; collecting copies the cache's tuned-config files that are new or changed."""
+    """Shapes are PRESET:TOKENS; collecting copies the cache's tuned-config files that are new or changed, but
+    not those seeded from the collection (refiled under another name, with the same timings)."""
     import tune_fused_mlp
 
     assert tune_fused_mlp.parse_shape("124m:65536") == ("124m", 65536)
     for bad in ("124m", "nope:128", "124m:0", "124m:x"):
         with pytest.raises(argparse.ArgumentTypeError):
             tune_fused_mlp.parse_shape(bad)
+
+    def tuned(folder: Path, name: str, ms: float) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps({"key": "(...)", "configs_timings": [["config: A", [ms]]]}))
+
     cache, into = tmp_path / "cache", tmp_path / "into"
-    for key, text in (("K1", "one"), ("K2", "two")):
-        (cache / key).mkdir(parents=True)
-        (cache / key / "gemm_tuned.autotune.json").write_text(text)
+    tuned(cache / "K1", "gemm_tuned.autotune.json", 1.0)
+    tuned(cache / "K2", "mod_dgated_epi_0123.autotune.json", 2.0)
     (cache / "K1" / "gemm_tuned.json").write_text("a compiled kernel's index, not a tuning")
     assert tune_fused_mlp.collect(cache, into) == 2
     assert tune_fused_mlp.collect(cache, into) == 0  # nothing new
-    (cache / "K2" / "gemm_tuned.autotune.json").write_text("retuned")
+    tuned(cache / "K2", "mod_dgated_epi_0123.autotune.json", 2.5)  # tuned again
+    tuned(cache / "K3", "mod_dgated_epi_4567.autotune.json", 1.0)  # K1's seeded under this Python's digest
     assert tune_fused_mlp.collect(cache, into) == 1
     assert sorted(str(f.relative_to(into)) for f in into.rglob("*") if f.is_file()) == [
-        "K1/gemm_tuned.autotune.json", "K2/gemm_tuned.autotune.json"]
-    assert (into / "K2" / "gemm_tuned.autotune.json").read_text() == "retuned"
+        "K1/gemm_tuned.autotune.json", "K2/mod_dgated_epi_0123.autotune.json"]
+    assert json.loads((into / "K2" / "mod_dgated_epi_0123.autotune.json").read_text())["configs_timings"][0][1] == [2.5]
 
 
 def test_default_contenders_are_the_baselines_and_our_stack() -> None:

@@ -28,7 +28,8 @@ Without ``--contenders`` it times the first four; the last five are A/B contende
 
 ``sigma``, ``sigma_adamw`` and ``sigma_flip`` decide the FP8 LM head as the trainer does (``--fp8-lm-head``,
 default ``auto``: on where the fused linear + CE runs on FP8 tensor cores), and the fused MLP likewise
-(``--fused-mlp``; autotuned in the warm-up, ~3 min at 124m on the H100); each row says whether each ran.
+(``--fused-mlp``; compiled in the warm-up from the shipped tuned configs, ~50 s more at 124m on the H100,
+or autotuned there for minutes where none ship); each row says whether each ran.
 
 All contenders of a preset are built and warmed up first (compilation and warm-up excluded), then
 timed in turns: ``--repeats`` rounds, each one window of ``--steps`` steps (CUDA events) per

@@ -5,7 +5,8 @@
 
 Why: ``--fused-mlp`` (model/kernels/swiglu_mlp.py) pays off only with quack's autotuned GEMM configs,
 and tuning them compiles and times every candidate config: ~3 minutes at the 124m shapes on an H100,
-more at 350m, on every run's first start (PERFORMANCE.md, "SwiGLU inside the matmuls through quack").
+more at 350m, on a run's first start unless they ship (PERFORMANCE.md, "SwiGLU inside the matmuls through
+quack").
 The result is small: for each GEMM of the MLP, a JSON file of each config's timing, under a key that
 hashes quack's version, the shapes and the config list (not the machine). Kept in
 ``model/kernels/quack_tuned/<GPU model>/``, they seed quack's cache at start (``use_cache_dir``), so a

@@ -57,8 +57,8 @@ def quack_mlp(tuned: bool = True) -> Callable:
     """The SwiGLU MLP through quack's gated GEMMs, with :data:`reference`'s signature.
 
     ``tuned``: autotune each shape's GEMM configs at its first call (~3 min at 124m on the H100 with
-    nothing cached; the result is cached, see :func:`use_cache_dir`), else quack's default configs, which
-    gain little.
+    nothing cached; the result is cached, and the presets' shapes come tuned, see :func:`use_cache_dir`), else
+    quack's default configs, which gain little.
     Tuning is per shape, so only training steps (grad enabled: one shape a run) take the fused path;
     evaluation and sampling, under ``no_grad`` with a new length per sampled token, run the reference.
     """

@@ -84,13 +84,15 @@ out=$(nopy -I -c 'import sys, math, json; print(json.dumps(math.isqrt(49)), sys.
 [ "$out" = "7 ['a', 'b']" ] || fail "Python mode printed '$out'"
 if [ "$(uname -sm)" = "Linux x86_64" ]; then  # quack ships in the side site-packages (eco_train.spec)
     # ... and the fused MLP's shipped tuned configs are in the bundle and refile into a quack cache there
-    shipped=$(find model/kernels/quack_tuned/NVIDIA_H100_80GB_HBM3 -name '*.autotune.json' | wc -l)
+    shipped=$(find model/kernels/quack_tuned -name '*.autotune.json' | wc -l)
     out=$(nopy -c 'import sys, tempfile, pathlib, quack, quack.mlp, quack.epilogue.library, cutlass.cute
 from quack.gemm_runtime import identity
-from model.kernels.swiglu_mlp import seed_tuned_configs
+from model.kernels.swiglu_mlp import TUNED_DIR, seed_tuned_configs
 assert identity._is_extern_function(cutlass.cute.jit), "quack does not count cutlass as a fixed library"
-with tempfile.TemporaryDirectory() as cache:
-    seeded = seed_tuned_configs(pathlib.Path(cache), "NVIDIA_H100_80GB_HBM3")
+seeded = 0
+for gpu in sorted(p.name for p in TUNED_DIR.iterdir() if p.is_dir()):  # each GPU model shipped
+    with tempfile.TemporaryDirectory() as cache:
+        seeded += seed_tuned_configs(pathlib.Path(cache), gpu)
 assert seeded == int(sys.argv[1]), f"{seeded} of {sys.argv[1]} tuned configs seeded"
 print("quack", quack.__version__)' "$shipped") || fail "quack (--fused-mlp) or its tuned configs fail in the binary: exit $?"
     [[ "$out" == "quack "* ]] || fail "quack import printed '$out'"

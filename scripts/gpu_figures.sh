@@ -26,10 +26,14 @@
 #                                            # unpacked into /tmp/q/site-packages (the GPU machine's own Python)
 #   scripts/gpu_figures.sh OUT_DIR fused_tests  # (after quack_stage, or after fused) tests/test_gpu.py with it on
 #   scripts/gpu_figures.sh OUT_DIR fused_350    # (likewise) the 350m step with it (sigma) and without it
-#   scripts/gpu_figures.sh OUT_DIR fused_pin    # (likewise) scripts/tune_fused_mlp.py: the tuned configs, as a tar
+#   scripts/gpu_figures.sh OUT_DIR fused_pin [PRESET:TOKENS ...]  # (likewise) scripts/tune_fused_mlp.py: the tuned
+#                                            # configs, as a tar
 #   scripts/gpu_figures.sh OUT_DIR fused_seeded # (likewise) 124m and 350m steps from a new quack cache seeded with
 #                                            # the shipped configs: the first start's cost, and what it still tunes
 #   scripts/gpu_figures.sh OUT_DIR fused_seed_check  # (likewise) the MLP alone at two shapes from a new seeded cache
+#   scripts/gpu_figures.sh OUT_DIR fused_binary # (likewise) the frozen binary built here with quack, and the 124m job
+#                                            # through it (PyInstaller's wheels carried in .whl/); then, next call:
+#   scripts/gpu_figures.sh OUT_DIR fused_binary_source  # the same job through the source, and the compile-cache test
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -39,8 +43,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -56,6 +60,10 @@ bench() {  # bench NAME SECONDS CMD...: run with a time limit, keep the log, pri
     grep -v -i -E -e "warn(ing)?[:(]|warnings\.warn|return node.target" "$out/$name.log" | tail -14  # keeps pytest's "N passed, M warnings"
 }
 
+# the frozen binary's job (parts binary, fused_binary, fused_binary_source): 124m, 25 steps on the seed corpus
+binary_job=(@train_sigma_args.txt --model-preset 124m --steps 25 --seq-len 2048 --batch-size 32 --grad-accum 1
+            --log-every 5 --eval-every 0 --sample-every 0 --warmup-steps 5 --kernels triton --data-backend seed
+            --save-every 0 --resume never)
 optim_variants=("ours ns=triton +ok" "torch Muon + fused AdamW" "fused AdamW (all)")
 case $part in
     step)
@@ -156,11 +164,8 @@ case $part in
         ;;
     binary)
         bench build_exe 280 python3 -m PyInstaller --noconfirm eco_train.spec
-        job=(@train_sigma_args.txt --model-preset 124m --steps 25 --seq-len 2048 --batch-size 32 --grad-accum 1
-             --log-every 5 --eval-every 0 --sample-every 0 --warmup-steps 5 --kernels triton --data-backend seed
-             --save-every 0 --resume never)
-        bench binary_run 190 dist/eco_train/eco_train "${job[@]}" --output-dir /tmp/run_bin --checkpoint-dir /tmp/ck_bin
-        bench source_run 150 python3 train_sigma.py "${job[@]}" --output-dir /tmp/run_src --checkpoint-dir /tmp/ck_src
+        bench binary_run 190 dist/eco_train/eco_train "${binary_job[@]}" --output-dir /tmp/run_bin --checkpoint-dir /tmp/ck_bin
+        bench source_run 150 python3 train_sigma.py "${binary_job[@]}" --output-dir /tmp/run_src --checkpoint-dir /tmp/ck_src
         cp /tmp/run_bin/metrics.jsonl "$out/binary_metrics.jsonl"
         cp /tmp/run_src/metrics.jsonl "$out/source_metrics.jsonl"
         ;;
@@ -179,7 +184,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -200,8 +205,10 @@ case $part in
             fused_350)  # session 17's 270 s ran out while sigma autotuned the 350m shapes: a whole call
                 bench bench_train_fused_mlp_350m 560 python3 scripts/bench_train.py --presets 350m --contenders \
                     sigma sigma_unfused_mlp --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_fused_mlp_350m.json" ;;
-            fused_pin)  # tune the presets' shapes into model/kernels/quack_tuned/<GPU>/ here; they come back as a tar
-                bench tune_fused_mlp 550 python3 scripts/tune_fused_mlp.py --json "$out/tune_fused_mlp.json"
+            fused_pin)  # tune the presets' shapes (or those after the part's name) into model/kernels/quack_tuned/<GPU>/
+                        # here; they come back as a tar
+                bench tune_fused_mlp 550 python3 scripts/tune_fused_mlp.py --json "$out/tune_fused_mlp.json" \
+                    ${3:+--shapes "${@:3}"}
                 tar -czf "$out/quack_tuned.tgz" -C model/kernels quack_tuned ;;
             fused_seeded)  # a first start with the shipped configs: a new quack cache, nothing compiled in it yet
                 export QUACK_CACHE_DIR=/tmp/q/cache_seeded
@@ -218,6 +225,27 @@ case $part in
                 bench bench_train_fused_seeded_350m 250 python3 scripts/bench_train.py --presets 350m --contenders \
                     sigma sigma_unfused_mlp --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_fused_seeded_350m.json"
                 echo "tuned here at 350m (not shipped): $(tuned_here 350m)" ;;
+            fused_binary)  # the frozen binary built here, quack inside it (needs PyInstaller's wheels in .whl/, carried)
+                python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/q/pyi .whl/*.whl \
+                    || exit 1
+                PYTHONPATH=/tmp/q/pyi:$PYTHONPATH bench build_exe 330 python3 -m PyInstaller --noconfirm eco_train.spec
+                grep -E "eco_train.spec|not installed" "$out/build_exe.log" | head -5
+                echo "side site-packages files in the bundle: $(find dist/eco_train/_internal/site-packages -type f | wc -l)"
+                # the binary as a user runs it: no PYTHONPATH, quack's cache under its checkpoint folder (cold)
+                rm -rf /tmp/run_bin /tmp/ck_bin
+                (unset PYTHONPATH QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING
+                 bench binary_run 230 dist/eco_train/eco_train "${binary_job[@]}" --output-dir /tmp/run_bin \
+                     --checkpoint-dir /tmp/ck_bin)
+                cp /tmp/run_bin/metrics.jsonl "$out/binary_metrics.jsonl"
+                echo "quack config files under the binary's checkpoints: $(find /tmp/ck_bin -name '*.autotune.json' | wc -l)," \
+                    "shipped: $(find "$tuned_dir" -name '*.autotune.json' | wc -l)" | tee "$out/binary_quack_count.txt" ;;
+            fused_binary_source)  # (after fused_binary) the same job through the source; then the compile-cache test
+                rm -rf /tmp/run_src /tmp/ck_src
+                (unset QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING
+                 bench source_run 230 python3 train_sigma.py "${binary_job[@]}" --output-dir /tmp/run_src \
+                     --checkpoint-dir /tmp/ck_src)
+                cp /tmp/run_src/metrics.jsonl "$out/source_metrics.jsonl"
+                bench gpu_test_compile_cache 330 python3 -m pytest -q tests/test_gpu.py -k compile_cache --durations=0 ;;
             fused_seed_check)  # the MLP alone from a new cache seeded by the trainer's code: compiles, tunes nothing
                 export QUACK_CACHE_DIR=/tmp/q/cache_check
                 rm -rf "$QUACK_CACHE_DIR" /tmp/q/into

@@ -155,39 +155,42 @@ import json, pathlib, shutil, sys
 from quack.epilogue import library
 from model.kernels.swiglu_mlp import MLP_EPILOGUES, TUNED_DIR, seed_tuned_configs
 
-gpu, tmp = "NVIDIA_H100_80GB_HBM3", pathlib.Path(sys.argv[1])
-shipped = sorted((TUNED_DIR / gpu).glob("*/*.autotune.json"))
-cache = tmp / "cache"
-plain = next(f for f in shipped if f.name == "gemm_tuned.autotune.json")
-kept = cache / plain.parent.name / plain.name  # a result tuned here before: seeding must keep it
-kept.parent.mkdir(parents=True)
-kept.write_text("tuned here")
-report = {"shipped": len(shipped), "first": seed_tuned_configs(cache, gpu), "again": seed_tuned_configs(cache, gpu)}
-report["kept"] = kept.read_text()
-seeded = sorted(cache.glob("*/*.autotune.json"))
-report["plain_folders_same"] = (sorted(f.parent.name for f in seeded if f.name == "gemm_tuned.autotune.json")
-                                == sorted(f.parent.name for f in shipped if f.name == "gemm_tuned.autotune.json"))
+tmp = pathlib.Path(sys.argv[1])
 mods = {name: getattr(library, builder)("swiglu", **kw) for name, (builder, kw) in MLP_EPILOGUES.items()}
-report["mod_names"] = sorted({f.name for f in seeded if f.name.startswith("mod_")})
-report["local_names"] = sorted(f"mod_{m._ident}.autotune.json" for m in mods.values())
-report["keys_name_local_digests"] = all(
-    any(m.semantic_digest in json.loads(f.read_text())["key"] for m in mods.values())
-    for f in seeded if f.name.startswith("mod_"))
-# a shipped file that does not hash back to its folder: nothing is seeded
-broken = tmp / "broken"
-shutil.copytree(TUNED_DIR / gpu, broken / gpu)
-moved = broken / gpu / shipped[-1].parent.name
-moved.rename(moved.with_name("NOT" + moved.name))
-report["broken"] = seed_tuned_configs(tmp / "cache2", gpu, source=broken)
-report["broken_wrote"] = len(list((tmp / "cache2").glob("*/*"))) if (tmp / "cache2").exists() else 0
-print(json.dumps(report))
+reports = {}
+for gpu in sorted(p.name for p in TUNED_DIR.iterdir() if p.is_dir()):
+    shipped = sorted((TUNED_DIR / gpu).glob("*/*.autotune.json"))
+    cache = tmp / gpu / "cache"
+    plain = next(f for f in shipped if f.name == "gemm_tuned.autotune.json")
+    kept = cache / plain.parent.name / plain.name  # a result tuned here before: seeding must keep it
+    kept.parent.mkdir(parents=True)
+    kept.write_text("tuned here")
+    report = {"shipped": len(shipped), "first": seed_tuned_configs(cache, gpu), "again": seed_tuned_configs(cache, gpu)}
+    report["kept"] = kept.read_text()
+    seeded = sorted(cache.glob("*/*.autotune.json"))
+    report["plain_folders_same"] = (sorted(f.parent.name for f in seeded if f.name == "gemm_tuned.autotune.json")
+                                    == sorted(f.parent.name for f in shipped if f.name == "gemm_tuned.autotune.json"))
+    report["mod_names"] = sorted({f.name for f in seeded if f.name.startswith("mod_")})
+    report["local_names"] = sorted(f"mod_{m._ident}.autotune.json" for m in mods.values())
+    report["keys_name_local_digests"] = all(
+        any(m.semantic_digest in json.loads(f.read_text())["key"] for m in mods.values())
+        for f in seeded if f.name.startswith("mod_"))
+    # a shipped file that does not hash back to its folder: nothing is seeded
+    broken = tmp / gpu / "broken"
+    shutil.copytree(TUNED_DIR / gpu, broken / gpu)
+    moved = broken / gpu / shipped[-1].parent.name
+    moved.rename(moved.with_name("NOT" + moved.name))
+    report["broken"] = seed_tuned_configs(tmp / gpu / "cache2", gpu, source=broken)
+    report["broken_wrote"] = len(list((tmp / gpu / "cache2").glob("*/*"))) if (tmp / gpu / "cache2").exists() else 0
+    reports[gpu] = report
+print(json.dumps(reports))
 """
 
 
 @pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
                     reason="the lock installs quack on Linux x86-64 only")
 def test_shipped_tuned_configs_refile_into_a_quack_cache_for_this_python(tmp_path) -> None:
-    """The H100's tuned configs, collected under the GPU machine's Python, land where this quack looks for them.
+    """Each GPU model's tuned configs, collected under the GPU machine's Python, land where this quack looks.
 
     Every shipped file hashes back to its own folder with the config order from quack's config space (else
     nothing is seeded, checked by moving one); the plain GEMMs' files keep their folders; the epilogue GEMMs'
@@ -196,13 +199,15 @@ def test_shipped_tuned_configs_refile_into_a_quack_cache_for_this_python(tmp_pat
     r = subprocess.run([sys.executable, "-c", SEED_CHECK, str(tmp_path)], capture_output=True, text=True,
                        timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads(r.stdout.strip().splitlines()[-1])
-    assert report["shipped"] > 0
-    assert report["kept"] == "tuned here"
-    assert report["first"] == report["shipped"] - 1 and report["again"] == 0
-    assert report["plain_folders_same"]
-    assert report["mod_names"] == report["local_names"] and report["keys_name_local_digests"]
-    assert report["broken"] == 0 and report["broken_wrote"] == 0
+    reports = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"NVIDIA_H100_80GB_HBM3", "NVIDIA_H200"} <= reports.keys()
+    for gpu, report in reports.items():
+        assert report["shipped"] > 0, gpu
+        assert report["kept"] == "tuned here", gpu
+        assert report["first"] == report["shipped"] - 1 and report["again"] == 0, (gpu, report)
+        assert report["plain_folders_same"], gpu
+        assert report["mod_names"] == report["local_names"] and report["keys_name_local_digests"], (gpu, report)
+        assert report["broken"] == 0 and report["broken_wrote"] == 0, (gpu, report)
 
 
 def test_seeding_without_quack_or_from_a_damaged_file_seeds_nothing_and_does_not_raise(tmp_path, monkeypatch) -> None:

@@ -185,7 +185,7 @@ def build_parser() -> _Parser:
     g.add_argument("--fused-mlp", choices=("auto", "on", "off"), default="auto",
                    help="each block's SwiGLU MLP in quack's fused Hopper GEMMs (SwiGLU inside the matmuls): a ~5%% "
                         "faster step on the H100 (PERFORMANCE.md); its GEMM configs ship tuned for the 124M and 350M presets on "
-                        "the H100 (a first start compiles them, ~50 s at 124M; other shapes and GPUs tune for minutes) and "
+                        "the H100 and H200 (a first start compiles them, ~50 s at 124M; other shapes and GPUs tune for minutes) and "
                         "are cached with the compile cache. auto: on for compute "
                         "capability 9.0 with bf16 weights and d_model >= 768, after a start-up check")
     g.add_argument("--compile-cache", type=_on_off, default=True, metavar="on|off",

@@ -34,6 +34,8 @@
 #   scripts/gpu_figures.sh OUT_DIR fused_binary # (likewise) the frozen binary built here with quack, and the 124m job
 #                                            # through it (PyInstaller's wheels carried in .whl/); then, next call:
 #   scripts/gpu_figures.sh OUT_DIR fused_binary_source  # the same job through the source, and the compile-cache test
+#   scripts/gpu_figures.sh OUT_DIR fused_main_job  # (likewise) train_sigma_args.txt's step shape at 124m, with and
+#                                            # without the fused MLP and against plain, from a new seeded cache
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -43,8 +45,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -184,7 +186,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -246,6 +248,14 @@ case $part in
                      --checkpoint-dir /tmp/ck_src)
                 cp /tmp/run_src/metrics.jsonl "$out/source_metrics.jsonl"
                 bench gpu_test_compile_cache 330 python3 -m pytest -q tests/test_gpu.py -k compile_cache --durations=0 ;;
+            fused_main_job)  # train_sigma_args.txt's step (seq 1024, two micro-batches of 32 rows) from a new seeded cache
+                export QUACK_CACHE_DIR=/tmp/q/cache_main_job
+                rm -rf "$QUACK_CACHE_DIR"
+                bench bench_train_main_job 330 python3 scripts/bench_train.py --presets 124m --seq-len 1024 --micro-batch 32 \
+                    --contenders sigma sigma_unfused_mlp plain --steps 8 --repeats 3 --warmup 3 \
+                    --json "$out/bench_train_main_job.json"
+                echo "config files in the cache: $(find "$QUACK_CACHE_DIR" -name '*.autotune.json' | wc -l)," \
+                    "shipped: $(find "$tuned_dir" -name '*.autotune.json' | wc -l)" | tee "$out/main_job_count.txt" ;;
             fused_seed_check)  # the MLP alone from a new cache seeded by the trainer's code: compiles, tunes nothing
                 export QUACK_CACHE_DIR=/tmp/q/cache_check
                 rm -rf "$QUACK_CACHE_DIR" /tmp/q/into

@@ -37,7 +37,8 @@ def start(args: argparse.Namespace, work: Path, name: str) -> dict:
     startup = next(r for r in records if r["event"] == "startup")
     compile_s = startup["time_to_first_step_s"] - startup["startup_init_s"]
     return {"run": name, "compile_cache_loaded": startup["compile_cache_loaded"], "compile_s": compile_s,
-            "startup_init_s": startup["startup_init_s"], "time_to_first_step_s": startup["time_to_first_step_s"]}
+            "startup_init_s": startup["startup_init_s"], "time_to_first_step_s": startup["time_to_first_step_s"],
+            "fused_mlp_active": startup.get("fused_mlp_active")}
 
 
 def main() -> None:
@@ -56,7 +57,8 @@ def main() -> None:
     for r in (cold, warm):
         print(json.dumps(r))
     print(f"compile time: cold {cold['compile_s']:.1f} s, with the persisted cache {warm['compile_s']:.1f} s "
-          f"({ratio:.0%} of cold)")
+          f"({ratio:.0%} of cold); time to first step: cold {cold['time_to_first_step_s']:.1f} s, "
+          f"warm {warm['time_to_first_step_s']:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"cold": cold, "warm": warm, "ratio": ratio}, indent=2))
 

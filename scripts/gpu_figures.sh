@@ -259,7 +259,7 @@ case $part in
                     "shipped: $(find "$tuned_dir" -name '*.autotune.json' | wc -l)" | tee "$out/main_job_count.txt" ;;
             fused_startup)  # the compile cache at 124m with the fused MLP on: quack's cache lives in the checkpoint
                             # folder (no QUACK_CACHE_DIR), so the cold start compiles quack's kernels and the warm one reuses them
-                (unset QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING
+                (unset QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING QUACK_COMPILE_WORKERS  # quack's defaults, as a user has
                  bench bench_compile_cache_fused 560 python3 scripts/bench_compile_cache.py --preset 124m \
                      --json "$out/compile_cache_fused.json") ;;
             fused_seed_check)  # the MLP alone from a new cache seeded by the trainer's code: compiles, tunes nothing

@@ -18,7 +18,7 @@ Each ``PRESET:TOKENS`` shape runs the MLP of that preset's width, forward and ba
 ``train_sigma_args.txt`` (32 x 1024) and the GPU tests' tiny runs. The cache starts from the shipped
 configs, so shapes already shipped are not tuned again; after each shape, every config file in the cache
 is copied into ``--into`` (a file already there with other content is replaced: the new timing wins),
-except the seeded ones.
+except the seeded ones, and the shape is added to ``--into``'s ``shapes.json``.
 """
 
 from __future__ import annotations
@@ -75,6 +75,14 @@ def collect(cache: Path, into: Path) -> int:
         shutil.copyfile(src, dest)
         changed += 1
     return changed
+
+
+def record_shape(into: Path, preset: str, tokens: int) -> None:
+    """Add ``PRESET:TOKENS`` to ``into/shapes.json``, the list of shapes whose configs are there
+    (:func:`model.kernels.swiglu_mlp.tuned_shapes` reads it)."""
+    shapes = swiglu_mlp.tuned_shapes(into.name, source=into.parent) | {f"{preset}:{tokens}"}
+    into.mkdir(parents=True, exist_ok=True)
+    (into / "shapes.json").write_text(json.dumps(sorted(shapes)) + "\n")
 
 
 def tune(preset: str, tokens: int, device: torch.device) -> dict:
@@ -134,6 +142,7 @@ def main() -> None:
         for preset, tokens in args.shapes:
             row = tune(preset, tokens, device)
             row["configs_written"] = collect(cache, into)
+            record_shape(into, preset, tokens)
             results.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

@@ -171,6 +171,14 @@ def test_tune_fused_mlp_shapes_and_collect(tmp_path: Path) -> None:
     assert sorted(str(f.relative_to(into)) for f in into.rglob("*") if f.is_file()) == [
         "K1/gemm_tuned.autotune.json", "K2/mod_dgated_epi_0123.autotune.json"]
     assert json.loads((into / "K2" / "mod_dgated_epi_0123.autotune.json").read_text())["configs_timings"][0][1] == [2.5]
+    # the shapes tuned into a folder are listed beside the configs, merged with those listed before
+    tune_fused_mlp.record_shape(into, "124m", 65536)
+    tune_fused_mlp.record_shape(into, "tiny", 1024)
+    tune_fused_mlp.record_shape(into, "124m", 65536)
+    from model.kernels.swiglu_mlp import tuned_shapes
+
+    assert tuned_shapes(into.name, source=into.parent) == {"124m:65536", "tiny:1024"}
+    assert tuned_shapes("no_such_gpu", source=into.parent) == frozenset()
 
 
 def test_default_contenders_are_the_baselines_and_our_stack() -> None:

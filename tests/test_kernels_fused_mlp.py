@@ -211,7 +211,7 @@ def test_shipped_tuned_configs_refile_into_a_quack_cache_for_this_python(tmp_pat
 
 
 def test_seeding_without_quack_or_from_a_damaged_file_seeds_nothing_and_does_not_raise(tmp_path, monkeypatch) -> None:
-    from model.kernels.swiglu_mlp import TUNED_DIR, seed_tuned_configs
+    from model.kernels.swiglu_mlp import TUNED_DIR, seed_tuned_configs, tuned_shapes
 
     gpu = "NVIDIA_H100_80GB_HBM3"
     assert seed_tuned_configs(tmp_path / "c0", "NVIDIA_A100-SXM4-80GB") == 0  # nothing shipped for it
@@ -224,6 +224,8 @@ def test_seeding_without_quack_or_from_a_damaged_file_seeds_nothing_and_does_not
     assert seed_tuned_configs(tmp_path / "c2", gpu, source=tmp_path / "shipped") == 0
     assert not (tmp_path / "c1").exists() and not (tmp_path / "c2").exists()
     assert TUNED_DIR.is_dir()
+    for folder in (p for p in TUNED_DIR.iterdir() if p.is_dir()):  # each lists the shapes it holds configs for
+        assert tuned_shapes(folder.name), folder.name
 
 
 def test_a_missing_quack_is_named_with_the_fix(monkeypatch) -> None:

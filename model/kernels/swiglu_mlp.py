@@ -92,6 +92,15 @@ MLP_EPILOGUES = {
 }
 
 
+def tuned_shapes(gpu: str, source: Path = TUNED_DIR) -> frozenset[str]:
+    """The ``PRESET:TOKENS`` shapes whose configs ship for GPU model ``gpu`` (its ``shapes.json``, written by
+    scripts/tune_fused_mlp.py); empty where none ship."""
+    try:
+        return frozenset(json.loads((source / gpu / "shapes.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return frozenset()
+
+
 def gpu_folder_name(device: torch.device) -> str:
     """The GPU model as a folder name (tuned configs are per GPU model): ``NVIDIA_H100_80GB_HBM3``."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

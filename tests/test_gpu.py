@@ -180,6 +180,8 @@ def test_compile_cache_makes_the_second_start_faster(tmp_path):
     cold = start("cold")
     warm = start("warm")
     assert cold["compile_cache_loaded"] == 0 and warm["compile_cache_loaded"] == 1
+    # the model's graphs (quack's autograd.Functions in them too) came from AOTAutograd's cache: none re-traced
+    assert warm["compile_aot_cache_hits"] > 0 and warm["compile_aot_cache_bypasses"] == 0, warm
     assert list((tmp_path / "ck" / "compile_cache").glob("*.bin"))
     assert cold["fused_mlp_active"] == warm["fused_mlp_active"] == int(FUSED_MLP)
     if FUSED_MLP:  # the fused MLP's tuned configs are kept there too, so the warm start did not re-tune

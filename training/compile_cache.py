@@ -8,8 +8,16 @@ compiled step (and again at the end, when the evaluation graphs exist too) we wr
 start with the same key hot-loads it before compiling.
 
 The key hashes everything that changes the generated code: torch and Triton versions, the GPU
-model, the model config, sequence length, micro-batch and the kernel selection. A file for another
-key is ignored, never loaded.
+model, the model config, sequence length, micro-batch, the kernel selection and quack's version. A
+file for another key is ignored, never loaded.
+
+Graphs that hold a custom ``torch.autograd.Function`` (quack's fused MLP, ``--fused-mlp``) are kept too.
+AOTAutograd's cache leaves them out by default, and then a warm start traces and partitions the whole
+forward and backward again (on the H100 the 124m warm start's compile grew from 18.6 to 35.6 s with the
+fused MLP on; PERFORMANCE.md, "Compile cache"). Dynamo traces each Function's forward and backward into
+subgraphs, and the cache key pickles the graph module with its subgraphs' code, so a changed Function is
+a changed key; a :class:`CompileCache` turns that cache on (``autograd_cache_allow_custom_autograd_functions``).
+The startup record counts each cache's hits, misses and bypasses (:func:`counts`).
 
 The artifact is torch's own serialisation (pickle-based), so it is not part of a checkpoint folder
 (which holds only safetensors and JSON) and is loaded only from the run's own checkpoint directory.
@@ -19,11 +27,13 @@ The artifact is torch's own serialisation (pickle-based), so it is not part of a
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 from pathlib import Path
 
 import torch
+import torch._functorch.config
 
 from training import console
 
@@ -34,6 +44,7 @@ class CompileCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.saved = False
+        torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True  # see the module's doc
 
     @classmethod
     def for_run(cls, cfg, model, hw) -> CompileCache:
@@ -48,6 +59,7 @@ class CompileCache:
             "kernels": cfg.hardware.kernels,
             "fp8_lm_head": cfg.hardware.fp8_lm_head,
             "fused_mlp": cfg.hardware.fused_mlp,
+            "quack": _package_version("quack-kernels") if cfg.hardware.fused_mlp != "off" else None,
             "dtype": str(hw.param_dtype),
         }
         key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -82,6 +94,24 @@ class CompileCache:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         self.saved = True
+
+
+def counts() -> dict[str, int]:
+    """How this process's compiles used the caches so far: AOTAutograd's (a hit skips tracing the joint graph)
+    and Inductor's FX graph cache (a hit skips code generation), each as hits, misses and bypasses."""
+    from torch._dynamo.utils import counters
+
+    aot, fx = counters["aot_autograd"], counters["inductor"]
+    return {f"compile_{name}_cache_{plural}": int(counter[f"{prefix}_cache_{kind}"])
+            for name, counter, prefix in (("aot", aot, "autograd"), ("fx", fx, "fxgraph"))
+            for kind, plural in (("hit", "hits"), ("miss", "misses"), ("bypass", "bypasses"))}
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _triton_version() -> str | None:

@@ -41,6 +41,7 @@ from training.checkpoint import (
     verify_checkpoint,
 )
 from training.compile_cache import CACHE_DIR, CompileCache
+from training.compile_cache import counts as compile_cache_counts
 from training.config import RunConfig
 from training.crash import write_crash_report
 from training.data.pipeline import Batch, DataPipeline
@@ -747,6 +748,8 @@ def train(s: Session, t_start: float) -> int:
             if run["first"]:
                 run["first"] = False
                 s.startup["time_to_first_step_s"] = time.perf_counter() - t_start
+                if s.hw.compile:
+                    s.startup.update(compile_cache_counts())
                 metrics.write("startup", step=state.step - 1, tokens=state.tokens - pending.n_tokens, **s.startup)
                 console.facts(time_to_first_step_s=round(s.startup["time_to_first_step_s"], 2))
                 if s.compile_cache is not None:

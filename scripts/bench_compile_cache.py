@@ -38,7 +38,8 @@ def start(args: argparse.Namespace, work: Path, name: str) -> dict:
     compile_s = startup["time_to_first_step_s"] - startup["startup_init_s"]
     return {"run": name, "compile_cache_loaded": startup["compile_cache_loaded"], "compile_s": compile_s,
             "startup_init_s": startup["startup_init_s"], "time_to_first_step_s": startup["time_to_first_step_s"],
-            "fused_mlp_active": startup.get("fused_mlp_active")}
+            "fused_mlp_active": startup.get("fused_mlp_active"),
+            **{k: v for k, v in startup.items() if k.startswith(("compile_aot_", "compile_fx_"))}}
 
 
 def main() -> None:

@@ -50,6 +50,8 @@ def test_startup_check_passes_here() -> None:
     from model.kernels.swiglu_mlp import startup_check
 
     assert startup_check(torch.device("cuda")) is None
+    # at a training shape (the tiny preset, 8 x 128 tokens), with its tuned configs, as the trainer runs it
+    assert startup_check(torch.device("cuda"), shape=(8, 128, 128, 384)) is None
 
 
 @pytest.mark.parametrize("shape_x, d_ff", [((4096, 768), 2048), ((2, 1024, 1024), 2816)], ids=["124m", "350m_3d"])

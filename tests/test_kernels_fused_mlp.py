@@ -95,7 +95,7 @@ def test_a_quack_that_fails_where_auto_would_run_it_is_reported_and_on_stops(tmp
     from model.kernels import swiglu_mlp
 
     class OnTheGpu(torch.nn.Module):
-        cfg = types.SimpleNamespace(d_model=768)
+        cfg = types.SimpleNamespace(d_model=768, d_ff=2048)
 
         def parameters(self, recurse: bool = True):
             yield types.SimpleNamespace(device=torch.device("cuda", 0))
@@ -106,13 +106,19 @@ def test_a_quack_that_fails_where_auto_would_run_it_is_reported_and_on_stops(tmp
     monkeypatch.setattr(swiglu_mlp, "use_cache_dir", lambda root, device: folders.append(root))
     for failing, message in (("import_problem", "quack does not import"), ("startup_check", "off from the reference")):
         monkeypatch.setattr(swiglu_mlp, "import_problem", lambda: None)
-        monkeypatch.setattr(swiglu_mlp, "startup_check", lambda device: None)
+        monkeypatch.setattr(swiglu_mlp, "startup_check", lambda device, shape=None: None)
         assert kernels.fused_mlp_wanted("auto", OnTheGpu(), tmp_path) == (True, None)
-        monkeypatch.setattr(swiglu_mlp, failing, lambda *device, said=message: said)
+        monkeypatch.setattr(swiglu_mlp, failing, lambda *device, said=message, shape=None: said)
         assert kernels.fused_mlp_wanted("auto", OnTheGpu(), tmp_path) == (False, f"--fused-mlp auto: left off, {message}")
         with pytest.raises(RuntimeError, match=f"--fused-mlp on: {message}"):
             kernels.fused_mlp_wanted("on", OnTheGpu(), tmp_path)
     assert folders == [tmp_path] * 6
+    # given the training micro-batch, the check runs that shape's GEMMs (which training then reuses)
+    checked = []
+    monkeypatch.setattr(swiglu_mlp, "startup_check", lambda device, shape=None: checked.append(shape))
+    assert kernels.fused_mlp_wanted("auto", OnTheGpu(), tmp_path, micro_batch=(32, 2048)) == (True, None)
+    assert kernels.fused_mlp_wanted("auto", OnTheGpu(), tmp_path) == (True, None)
+    assert checked == [(32, 2048, 768, 2048), None]
 
 
 def test_auto_wants_an_h100_class_gpu_and_a_124m_wide_model() -> None:

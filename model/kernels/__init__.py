@@ -131,7 +131,8 @@ def fp8_lm_head_wanted(mode: str, model: torch.nn.Module, choices: dict[str, str
 FUSED_MLP_MODES = ("auto", "on", "off")
 
 
-def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None = None) -> tuple[bool, str | None]:
+def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None = None,
+                     micro_batch: tuple[int, int] | None = None) -> tuple[bool, str | None]:
     """Whether ``--fused-mlp MODE`` runs this model's MLPs through quack's fused GEMMs, and why not if not.
 
     ``off``: never. ``on``: wherever it can run (a CUDA GPU of compute capability 9.0+, bf16 weights, no
@@ -144,6 +145,8 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None 
     ``cache_root``: where quack keeps its compiled kernels and tuned configs (the trainer: next to the
     checkpoints; None: ``QUACK_CACHE_DIR`` or quack's own folder), set just before quack is first imported
     and seeded with the configs shipped for this GPU model (:func:`model.kernels.swiglu_mlp.use_cache_dir`).
+    ``micro_batch``: ``(rows, seq_len)`` of a training micro-batch; the start-up check then runs that shape's
+    GEMMs, which training reuses (:func:`model.kernels.swiglu_mlp.startup_check`), else a small shape.
     PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the evidence.
     """
     if mode not in FUSED_MLP_MODES:
@@ -162,7 +165,8 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None 
             return False, None
         raise RuntimeError(problem)
     swiglu_mlp.use_cache_dir(cache_root, device)
-    problem = swiglu_mlp.import_problem() or swiglu_mlp.startup_check(device)
+    shape = None if micro_batch is None else (*micro_batch, model.cfg.d_model, model.cfg.d_ff)
+    problem = swiglu_mlp.import_problem() or swiglu_mlp.startup_check(device, shape=shape)
     if problem is not None:
         if mode == "auto":  # it should have run here: say why it does not
             return False, f"--fused-mlp auto: left off, {problem}"

@@ -20,9 +20,9 @@ a bf16 copy of 2 x d_ff x d_model per forward, ~6 MB a block at 124m.
 quack compiles each GEMM config with the CuTe-DSL compiler into ``.o`` files and keeps them, and its
 autotuning results, under :func:`use_cache_dir` (the trainer: ``<checkpoint dir>/compile_cache/quack``),
 so a restart neither recompiles nor re-tunes; that folder starts with the shipped tuned configs.
-:func:`startup_check` compiles and runs a small MLP forward and backward against the reference before a
-run relies on it (a broken compiler install or a bundle that lost a library is then a start-up message,
-not a crash in the first step).
+:func:`startup_check` compiles and runs the training shape's MLP forward and backward against the reference
+before a run relies on it (a broken compiler install or a bundle that lost a library is then a start-up
+message, not a crash in the first step); training then reuses the kernels it compiled.
 
 Shape suffix legend: M rows (tokens), D d_model, F d_ff.
 """
@@ -254,19 +254,23 @@ def import_problem() -> str | None:
 
 
 @torch.enable_grad()  # the fused path is the training one (see quack_mlp)
-def startup_check(device: torch.device, tolerance: float = 2e-2) -> str | None:
-    """Compile and run a small fused MLP forward and backward; None if it matches the reference, else why not.
+def startup_check(device: torch.device, tolerance: float = 2e-2,
+                  shape: tuple[int, int, int, int] | None = None) -> str | None:
+    """Compile and run a fused MLP forward and backward; None if it matches the reference, else why not.
 
-    The shapes are small (256 tokens, d_model 128, d_ff 256) and use quack's default configs, so this
-    costs only the compiles (seconds; cached). ``tolerance`` bounds the relative error of the output and
-    of each gradient against the fp32 reference (bf16 inputs give ~5e-3).
+    ``shape``: ``(rows, seq_len, d_model, d_ff)``, the training micro-batch and model. The check then runs
+    the very GEMMs training runs, with their tuned configs (shipped, cached or tuned here), so the first
+    training step finds them compiled. Without it: a small MLP (256 tokens, d_model 128, d_ff 256) with
+    quack's default configs, which costs only their compiles. ``tolerance`` bounds the relative error of the
+    output and of each gradient against the fp32 reference (bf16 inputs give ~5e-3).
     """
+    rows, seq_len, d_model, d_ff = shape or (1, 256, 128, 256)
     gen = torch.Generator(device=device).manual_seed(0)
-    shapes = ((256, 128), (256, 128), (256, 128), (128, 256))  # x, w_gate, w_up, w_down
-    fp32 = [torch.randn(*s, device=device, generator=gen) / s[1] ** 0.5 for s in shapes]
+    shapes = ((rows, seq_len, d_model), (d_ff, d_model), (d_ff, d_model), (d_model, d_ff))  # x, gate, up, down
+    fp32 = [torch.randn(*s, device=device, generator=gen) / s[-1] ** 0.5 for s in shapes]
     try:
         bf16 = [t.to(torch.bfloat16).requires_grad_() for t in fp32]
-        out = quack_mlp(tuned=False)(*bf16)
+        out = quack_mlp(tuned=shape is not None)(*bf16)
         out.float().square().sum().backward()
         got = [out, *(t.grad for t in bf16)]
         fp32 = [t.clone().requires_grad_() for t in fp32]

@@ -262,7 +262,8 @@ case $part in
                 (unset QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING QUACK_COMPILE_WORKERS  # quack's defaults, as a user has
                  bench bench_compile_cache_fused 400 python3 scripts/bench_compile_cache.py --preset 124m \
                      --json "$out/compile_cache_fused.json"
-                 bench gpu_test_compile_cache 180 python3 -m pytest -q tests/test_gpu.py -k compile_cache) ;;
+                 bench gpu_test_compile_cache 180 python3 -m pytest -q tests/test_gpu.py -k compile_cache)
+                bench gpu_test_startup_check 150 python3 -m pytest -q tests/test_gpu_fused_mlp.py -k startup_check ;;
             fused_seed_check)  # the MLP alone from a new cache seeded by the trainer's code: compiles, tunes nothing
                 export QUACK_CACHE_DIR=/tmp/q/cache_check
                 rm -rf "$QUACK_CACHE_DIR" /tmp/q/into

@@ -50,7 +50,11 @@ def test_startup_check_passes_here() -> None:
     from model.kernels.swiglu_mlp import startup_check
 
     assert startup_check(torch.device("cuda")) is None
-    # at a training shape (the tiny preset, 8 x 128 tokens), with its tuned configs, as the trainer runs it
+    # at a training shape (the tiny preset, 8 x 128 tokens) with its tuned configs, as the trainer runs it; the
+    # quack cache in use is seeded with the shipped configs first, as the trainer does (tunes where none ship)
+    from model.kernels.swiglu_mlp import use_cache_dir
+
+    use_cache_dir(None, torch.device("cuda"))
     assert startup_check(torch.device("cuda"), shape=(8, 128, 128, 384)) is None
 
 

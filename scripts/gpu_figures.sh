@@ -187,7 +187,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -264,6 +264,8 @@ case $part in
                      --json "$out/compile_cache_fused.json"
                  bench gpu_test_compile_cache 180 python3 -m pytest -q tests/test_gpu.py -k compile_cache)
                 bench gpu_test_startup_check 150 python3 -m pytest -q tests/test_gpu_fused_mlp.py -k startup_check ;;
+            fused_cache_test)  # only the compile-cache GPU test (tiny preset, quack's cache in the checkpoint folder)
+                bench gpu_test_compile_cache 300 python3 -m pytest -q tests/test_gpu.py -k compile_cache ;;
             fused_seed_check)  # the MLP alone from a new cache seeded by the trainer's code: compiles, tunes nothing
                 export QUACK_CACHE_DIR=/tmp/q/cache_check
                 rm -rf "$QUACK_CACHE_DIR" /tmp/q/into

@@ -163,22 +163,27 @@ def test_train_step_never_syncs_with_the_host(tmp_path, kernels):
 
 def test_compile_cache_makes_the_second_start_faster(tmp_path):
     """A second start with a fresh Inductor cache but our persisted artifacts compiles much faster."""
-    def start(name: str) -> dict:
+    def start(name: str) -> list[dict]:
         """One start with its own empty Inductor cache; only the checkpoint folder is shared."""
         env = {k: v for k, v in os.environ.items() if k != "QUACK_CACHE_DIR"}  # quack's: with the checkpoints
         env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / f"inductor_{name}")
         r = subprocess.run(
             [sys.executable, str(REPO / "train_sigma.py"), "--model-preset", "tiny", "--steps", "2",
              "--seq-len", "128", "--batch-size", "8", "--vocab-size", "1024", "--tokenizer-train-chars",
-             "200000", "--eval-every", "0", "--output-dir", str(tmp_path / name),
+             "200000", "--eval-every", "0", "--log-every", "1", "--output-dir", str(tmp_path / name),
              "--checkpoint-dir", str(tmp_path / "ck"), "--resume", "never", "--save-every", "0", *FUSED_MLP_ON],
             capture_output=True, text=True, timeout=600, env=env)
         assert r.returncode == 0, r.stderr[-3000:]
-        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return next(x for x in records if x["event"] == "startup")
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
-    cold = start("cold")
-    warm = start("warm")
+    cold_records, warm_records = start("cold"), start("warm")
+    cold, warm = (next(x for x in r if x["event"] == "startup") for r in (cold_records, warm_records))
+    # the restored graphs compute what the compiled ones did: same data and seed, so the same losses and
+    # gradient norms (up to the backward's non-deterministic reductions); a stale graph would be far off
+    steps = [[(x["loss"], x["grad_norm"]) for x in r if x["event"] == "step"] for r in (cold_records, warm_records)]
+    assert len(steps[0]) == len(steps[1]) == 2, steps
+    for got, want in zip(steps[1], steps[0], strict=True):
+        assert got == pytest.approx(want, rel=2e-2), steps
     assert cold["compile_cache_loaded"] == 0 and warm["compile_cache_loaded"] == 1
     # the model's graphs (quack's autograd.Functions in them too) came from AOTAutograd's cache: none re-traced
     assert warm["compile_aot_cache_hits"] > 0 and warm["compile_aot_cache_bypasses"] == 0, warm

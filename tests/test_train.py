@@ -61,6 +61,7 @@ def test_run_writes_config_metrics_samples_and_checkpoint(tmp_path):
     assert startup.keys() >= STARTUP_FIELDS
     assert 0 < startup["instant_inversion_rel_residual"] < 0.3
     assert startup["ns_dtype"] == "float32"  # bf16 matmuls are emulated on most CPUs (test_hardware.py)
+    assert startup["compile_aot_cache_hits"] is None, "nothing compiles on the CPU: cache counts are null"
     evals = [rec for rec in records if rec["event"] == "eval"]
     assert [e["step"] for e in evals] == [0, 6, 12]
     assert records[-1]["event"] == "end" and records[-1]["heldout_loss"] < records[-1]["heldout_loss_step0"]

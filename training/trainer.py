@@ -749,8 +749,8 @@ def train(s: Session, t_start: float) -> int:
             if run["first"]:
                 run["first"] = False
                 s.startup["time_to_first_step_s"] = time.perf_counter() - t_start
-                if s.hw.compile:
-                    s.startup.update(compile_cache_counts())
+                counts = compile_cache_counts()  # null where nothing compiled (the CPU)
+                s.startup.update(counts if s.hw.compile else dict.fromkeys(counts))
                 metrics.write("startup", step=state.step - 1, tokens=state.tokens - pending.n_tokens, **s.startup)
                 console.facts(time_to_first_step_s=round(s.startup["time_to_first_step_s"], 2))
                 if s.compile_cache is not None:

@@ -96,15 +96,18 @@ class CompileCache:
         self.saved = True
 
 
+# startup-record field -> (torch._dynamo counter group, counter): AOTAutograd's cache (a hit skips tracing the
+# joint graph) and Inductor's FX graph cache (a hit skips code generation), each as hits, misses and bypasses
+COUNTERS = {f"compile_{name}_cache_{plural}": (group, f"{prefix}_cache_{kind}")
+            for name, group, prefix in (("aot", "aot_autograd", "autograd"), ("fx", "inductor", "fxgraph"))
+            for kind, plural in (("hit", "hits"), ("miss", "misses"), ("bypass", "bypasses"))}
+
+
 def counts() -> dict[str, int]:
-    """How this process's compiles used the caches so far: AOTAutograd's (a hit skips tracing the joint graph)
-    and Inductor's FX graph cache (a hit skips code generation), each as hits, misses and bypasses."""
+    """How this process's compiles used the caches so far (:data:`COUNTERS`)."""
     from torch._dynamo.utils import counters
 
-    aot, fx = counters["aot_autograd"], counters["inductor"]
-    return {f"compile_{name}_cache_{plural}": int(counter[f"{prefix}_cache_{kind}"])
-            for name, counter, prefix in (("aot", aot, "autograd"), ("fx", fx, "fxgraph"))
-            for kind, plural in (("hit", "hits"), ("miss", "misses"), ("bypass", "bypasses"))}
+    return {field: int(counters[group][counter]) for field, (group, counter) in COUNTERS.items()}
 
 
 def _package_version(name: str) -> str | None:

@@ -41,6 +41,7 @@ from training.checkpoint import (
     verify_checkpoint,
 )
 from training.compile_cache import CACHE_DIR, CompileCache
+from training.compile_cache import COUNTERS as COMPILE_CACHE_COUNTERS
 from training.compile_cache import counts as compile_cache_counts
 from training.config import RunConfig
 from training.crash import write_crash_report
@@ -749,8 +750,8 @@ def train(s: Session, t_start: float) -> int:
             if run["first"]:
                 run["first"] = False
                 s.startup["time_to_first_step_s"] = time.perf_counter() - t_start
-                counts = compile_cache_counts()  # null where nothing compiled (the CPU)
-                s.startup.update(counts if s.hw.compile else dict.fromkeys(counts))
+                # null where nothing compiled (the CPU)
+                s.startup.update(compile_cache_counts() if s.hw.compile else dict.fromkeys(COMPILE_CACHE_COUNTERS))
                 metrics.write("startup", step=state.step - 1, tokens=state.tokens - pending.n_tokens, **s.startup)
                 console.facts(time_to_first_step_s=round(s.startup["time_to_first_step_s"], 2))
                 if s.compile_cache is not None:

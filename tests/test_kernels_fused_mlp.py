@@ -114,11 +114,15 @@ def test_a_quack_that_fails_where_auto_would_run_it_is_reported_and_on_stops(tmp
             kernels.fused_mlp_wanted("on", OnTheGpu(), tmp_path)
     assert folders == [tmp_path] * 6
     # given the training micro-batch, the check runs that shape's GEMMs (which training then reuses)
-    checked = []
+    checked, said = [], []
     monkeypatch.setattr(swiglu_mlp, "startup_check", lambda device, shape=None: checked.append(shape))
-    assert kernels.fused_mlp_wanted("auto", OnTheGpu(), tmp_path, micro_batch=(32, 2048)) == (True, None)
+    monkeypatch.setattr(swiglu_mlp, "gpu_folder_name", lambda device: "NVIDIA_H100_80GB_HBM3")
+    assert kernels.fused_mlp_wanted("auto", OnTheGpu(), tmp_path, micro_batch=(32, 2048),
+                                    announce=said.append) == (True, None)
     assert kernels.fused_mlp_wanted("auto", OnTheGpu(), tmp_path) == (True, None)
     assert checked == [(32, 2048, 768, 2048), None]
+    # the console hears of it first: at a first start the check compiles, or tunes, for minutes
+    assert len(said) == 1 and "32 x 2048 tokens" in said[0] and "NVIDIA_H100_80GB_HBM3" in said[0], said
 
 
 def test_auto_wants_an_h100_class_gpu_and_a_124m_wide_model() -> None:

@@ -333,7 +333,8 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     fp8_lm_head = kernels.fp8_lm_head_wanted(cfg.hardware.fp8_lm_head, model, kernel_choices)
     quack_cache = Path(cfg.checkpoint.dir) / CACHE_DIR / "quack" if cfg.hardware.compile_cache else None
     fused_mlp, fused_mlp_note = kernels.fused_mlp_wanted(cfg.hardware.fused_mlp, model, quack_cache,
-                                                         micro_batch=(cfg.loop.batch_size, cfg.model.seq_len))
+                                                         micro_batch=(cfg.loop.batch_size, cfg.model.seq_len),
+                                                         announce=console.say)
     if fused_mlp_note:
         console.say(f"warning: {fused_mlp_note}")
     kernels.apply_to_model(model, kernel_choices, fp8_lm_head=fp8_lm_head, fused_mlp=fused_mlp)

@@ -132,7 +132,8 @@ FUSED_MLP_MODES = ("auto", "on", "off")
 
 
 def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None = None,
-                     micro_batch: tuple[int, int] | None = None) -> tuple[bool, str | None]:
+                     micro_batch: tuple[int, int] | None = None,
+                     announce: Callable[[str], None] | None = None) -> tuple[bool, str | None]:
     """Whether ``--fused-mlp MODE`` runs this model's MLPs through quack's fused GEMMs, and why not if not.
 
     ``off``: never. ``on``: wherever it can run (a CUDA GPU of compute capability 9.0+, bf16 weights, no
@@ -147,6 +148,7 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None 
     and seeded with the configs shipped for this GPU model (:func:`model.kernels.swiglu_mlp.use_cache_dir`).
     ``micro_batch``: ``(rows, seq_len)`` of a training micro-batch; the start-up check then runs that shape's
     GEMMs, which training reuses (:func:`model.kernels.swiglu_mlp.startup_check`), else a small shape.
+    ``announce``: told before that check, which can take minutes at a first start (the trainer's console).
     PERFORMANCE.md, "SwiGLU inside the matmuls through quack", has the evidence.
     """
     if mode not in FUSED_MLP_MODES:
@@ -166,6 +168,10 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None 
         raise RuntimeError(problem)
     swiglu_mlp.use_cache_dir(cache_root, device)
     shape = None if micro_batch is None else (*micro_batch, model.cfg.d_model, model.cfg.d_ff)
+    if announce is not None and shape is not None:
+        announce(f"fused MLP: checking quack's GEMMs at the training shape ({shape[0]} x {shape[1]} tokens) against "
+                 "the reference; a first start compiles them, and tunes them first (minutes, once) where no configs "
+                 f"for this shape ship for {swiglu_mlp.gpu_folder_name(device)}")
     problem = swiglu_mlp.import_problem() or swiglu_mlp.startup_check(device, shape=shape)
     if problem is not None:
         if mode == "auto":  # it should have run here: say why it does not

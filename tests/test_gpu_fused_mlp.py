@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
+from unittest import mock
 
 import pytest
 import torch
@@ -54,8 +56,9 @@ def test_startup_check_passes_here() -> None:
     # quack cache in use is seeded with the shipped configs first, as the trainer does (tunes where none ship)
     from model.kernels.swiglu_mlp import use_cache_dir
 
-    use_cache_dir(None, torch.device("cuda"))
-    assert startup_check(torch.device("cuda"), shape=(8, 128, 128, 384)) is None
+    with mock.patch.dict(os.environ):  # use_cache_dir sets quack's environment: only for this check
+        use_cache_dir(None, torch.device("cuda"))
+        assert startup_check(torch.device("cuda"), shape=(8, 128, 128, 384)) is None
 
 
 @pytest.mark.parametrize("shape_x, d_ff", [((4096, 768), 2048), ((2, 1024, 1024), 2816)], ids=["124m", "350m_3d"])

@@ -27,7 +27,6 @@ The artifact is torch's own serialisation (pickle-based), so it is not part of a
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 import torch._functorch.config
 
 from training import console
+from training.metrics import package_version
 
 CACHE_DIR = "compile_cache"
 
@@ -59,7 +59,7 @@ class CompileCache:
             "kernels": cfg.hardware.kernels,
             "fp8_lm_head": cfg.hardware.fp8_lm_head,
             "fused_mlp": cfg.hardware.fused_mlp,
-            "quack": _package_version("quack-kernels") if cfg.hardware.fused_mlp != "off" else None,
+            "quack": package_version("quack-kernels") if cfg.hardware.fused_mlp != "off" else None,
             "dtype": str(hw.param_dtype),
         }
         key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -108,13 +108,6 @@ def counts() -> dict[str, int]:
     from torch._dynamo.utils import counters
 
     return {field: int(counters[group][counter]) for field, (group, counter) in COUNTERS.items()}
-
-
-def _package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _triton_version() -> str | None:

@@ -22,16 +22,18 @@ import torch
 _VERSIONED = ("torch", "triton", "transformers", "tokenizers", "safetensors", "numpy", "trl", "peft")
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def library_versions() -> dict[str, str | None]:
     """Installed versions of the libraries that decide the numbers (None when not installed)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    out["cuda"] = torch.version.cuda
-    return out
+    return {"python": platform.python_version(), **{name: package_version(name) for name in _VERSIONED},
+            "cuda": torch.version.cuda}
 
 
 def git_revision(repo_dir: str | os.PathLike | None = None) -> str | None:

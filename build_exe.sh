@@ -5,7 +5,8 @@
 #   2. scripts/verify_runtime.py: every required package and symbol imports, or stop here
 #   3. PyInstaller with eco_train.spec -> dist/eco_train/eco_train (one folder)
 #   4. smoke test of the built binary: --version, --help, a bad flag (exit 2), Python mode, quack
-#      (--fused-mlp; Linux x86-64) and a few CPU training steps; any failure fails the build.
+#      (--fused-mlp) and FlashAttention 4 (--flash-attention) on Linux x86-64, and a few CPU training steps;
+#      any failure fails the build.
 #
 #   ./build_exe.sh                  build (skipped when nothing that goes into the binary changed)
 #   ./build_exe.sh --force          rebuild even if up to date
@@ -96,6 +97,10 @@ for gpu in sorted(p.name for p in TUNED_DIR.iterdir() if p.is_dir()):  # each GP
 assert seeded == int(sys.argv[1]), f"{seeded} of {sys.argv[1]} tuned configs seeded"
 print("quack", quack.__version__)' "$shipped") || fail "quack (--fused-mlp) or its tuned configs fail in the binary: exit $?"
     [[ "$out" == "quack "* ]] || fail "quack import printed '$out'"
+    # FlashAttention 4 (--flash-attention) ships beside it and imports on the same compiler
+    out=$(nopy -c 'import flash_attn.cute.interface as i; print("flash_attn", callable(i._flash_attn_fwd))') \
+        || fail "FlashAttention 4 (--flash-attention) fails to import in the binary: exit $?"
+    [ "$out" = "flash_attn True" ] || fail "FlashAttention 4 import printed '$out'"
 fi
 nopy --device cpu --model-preset tiny --steps 3 --seq-len 32 --batch-size 2 --vocab-size 512 \
     --tokenizer-train-chars 20000 --log-every 1 --eval-every 3 --eval-batches 1 --sample-every 3 \

@@ -158,6 +158,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_eps) if cfg.qk_norm else nn.Identity()
         self.qk_norm_rope: Callable | None = None  # fused QK norm + RoPE kernel (SigmaLM.use_kernels)
+        self.attend: Callable | None = None  # causal attention kernel (SigmaLM.use_kernels); None: SDPA
 
     def forward(self, x_BTD: torch.Tensor, cos_THd: torch.Tensor, sin_THd: torch.Tensor) -> torch.Tensor:
         B, T, _ = x_BTD.shape
@@ -166,17 +167,8 @@ class Attention(nn.Module):
         v_BTKHd = self.v_proj(x_BTD).view(B, T, self.n_kv_head, self.head_dim)
         q_BTHHd = self._norm_rope(self.q_norm, q_BTHHd, cos_THd, sin_THd)
         k_BTKHd = self._norm_rope(self.k_norm, k_BTKHd, cos_THd, sin_THd)
-        # SDPA wants (B, heads, T, Hd). enable_gqa lets the kernel broadcast K/V heads instead of
-        # materialising repeat_kv copies; the flag is a Python constant, so compile sees one graph.
-        y_BHTHd = F.scaled_dot_product_attention(
-            q_BTHHd.transpose(1, 2),
-            k_BTKHd.transpose(1, 2),
-            v_BTKHd.transpose(1, 2),
-            is_causal=True,
-            enable_gqa=self.n_head != self.n_kv_head,
-        )
-        y_BTD = y_BHTHd.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
-        return self.o_proj(y_BTD)
+        y_BTHHd = (self.attend or causal_attention_reference)(q_BTHHd, k_BTKHd, v_BTKHd)
+        return self.o_proj(y_BTHHd.reshape(B, T, self.n_head * self.head_dim))
 
     def _norm_rope(self, norm: nn.Module, x_BTNHd: torch.Tensor, cos_THd: torch.Tensor,
                    sin_THd: torch.Tensor) -> torch.Tensor:
@@ -184,6 +176,23 @@ class Attention(nn.Module):
         if self.qk_norm_rope is not None and isinstance(norm, RMSNorm):
             return self.qk_norm_rope(x_BTNHd, norm.weight, cos_THd, sin_THd, norm.eps)
         return apply_rope(norm(x_BTNHd), cos_THd, sin_THd)
+
+
+def causal_attention_reference(q_BTHHd: torch.Tensor, k_BTKHd: torch.Tensor, v_BTKHd: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention, scale 1/sqrt(Hd), K/V heads shared by n_head / n_kv_head query heads each.
+
+    (B, T, heads, Hd) in and out, the layout the projections write. SDPA wants (B, heads, T, Hd): the
+    transposes are views, and SDPA (cuDNN on the H100) writes its output so that the transpose back is one
+    too. ``enable_gqa`` lets the kernel broadcast K/V heads instead of materialising repeat_kv copies.
+    """
+    y_BHTHd = F.scaled_dot_product_attention(
+        q_BTHHd.transpose(1, 2),
+        k_BTKHd.transpose(1, 2),
+        v_BTKHd.transpose(1, 2),
+        is_causal=True,
+        enable_gqa=q_BTHHd.size(2) != k_BTKHd.size(2),
+    )
+    return y_BHTHd.transpose(1, 2)
 
 
 def swiglu_mlp_reference(x_BTD: torch.Tensor, w_gate_FD: torch.Tensor, w_up_FD: torch.Tensor,
@@ -249,6 +258,7 @@ class SigmaLM(nn.Module):
         bitnet_quant: Callable | None = None,
         qk_norm_rope: Callable | None = None,
         swiglu_mlp: Callable | None = None,
+        attention: Callable | None = None,
     ) -> "SigmaLM":
         """Swap in kernels with the reference signatures (None keeps the current one). Returns self.
 
@@ -258,7 +268,7 @@ class SigmaLM(nn.Module):
         :func:`qk_norm_rope_reference` (it then takes the QK norms' place, ``rms_norm`` the block
         norms'). ``swiglu_mlp`` like :func:`swiglu_mlp_reference` runs each block's whole MLP from its
         three weights; BitNet's quantising linears are refused (their forward is not a plain matmul).
-        Weights and state dict are untouched.
+        ``attention`` like :func:`causal_attention_reference`. Weights and state dict are untouched.
         """
         if swiglu_mlp is not None and self.cfg.bitnet:
             raise ValueError("a fused SwiGLU MLP replaces plain matmuls; BitNet's block linears quantise theirs")
@@ -267,6 +277,8 @@ class SigmaLM(nn.Module):
                 module.fn = rms_norm
             if qk_norm_rope is not None and isinstance(module, Attention):
                 module.qk_norm_rope = qk_norm_rope
+            if attention is not None and isinstance(module, Attention):
+                module.attend = attention
             if bitnet_quant is not None and isinstance(module, BitLinear):
                 module.quant = bitnet_quant
             if swiglu_mlp is not None and isinstance(module, MLP):

@@ -6,6 +6,11 @@ Why: attention is the second-largest item in the training step's profile (PERFOR
 shows whether a backend other than the one SDPA picks by itself would be faster, and how far each
 is from the card's bf16 matmul peak. FLOPs counted are the causal ones (half the square):
 forward 2 x 2 x B x H x T^2 x Hd / 2, backward 2.5 x forward. Medians of ``triton.testing.do_bench``.
+
+Where FlashAttention 4 (``flash-attn-4``, ``flash_attn.cute``: CuTe-DSL kernels for Hopper and Blackwell) is
+importable, its ``flash_attn_func`` is a row too ("fa4"), on (B, T, heads, Hd) tensors, the layout it takes
+and the one the model's projections produce. Each row's ``rel_err`` is the largest relative error (Frobenius)
+of the output and the three input gradients against an fp32 evaluation of the same attention.
 """
 
 import argparse
@@ -13,6 +18,7 @@ import contextlib
 import json
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,21 +37,56 @@ BACKENDS = {
 }
 
 
-def time_backend(backend: SDPBackend | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 grad: torch.Tensor) -> tuple[float, float]:
-    """Median ms of the forward and of forward + backward, with SDPA held to ``backend`` (None: its own pick)."""
+def sdpa(backend: SDPBackend | None) -> Callable[..., torch.Tensor]:
+    """Causal attention on (B, heads, T, Hd) tensors with SDPA held to ``backend`` (None: its own pick)."""
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.size(1) != k.size(1))
+    return attend
+
+
+def fa4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """FlashAttention 4 on (B, heads, T, Hd) views of (B, T, heads, Hd) tensors, its own layout."""
+    from flash_attn.cute import flash_attn_func
+
+    out, _ = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+    return out.transpose(1, 2)
+
+
+def attention_fns() -> dict[str, Callable[..., torch.Tensor]]:
+    fns = {name: sdpa(backend) for name, backend in BACKENDS.items()}
+    try:
+        import flash_attn.cute  # noqa: F401
+    except ImportError as e:
+        print(json.dumps({"fa4": f"not importable: {e}"}), flush=True)
+    else:
+        fns["fa4"] = fa4
+    return fns
+
+
+def time_fn(attend: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            grad: torch.Tensor) -> tuple[float, float]:
+    """Median ms of the forward and of forward + backward."""
     from triton.testing import do_bench
 
-    gqa = q.size(1) != k.size(1)
-
-    def fwd() -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-
     def fwd_bwd() -> None:
-        torch.autograd.grad(fwd(), (q, k, v), grad)
+        torch.autograd.grad(attend(q, k, v), (q, k, v), grad)
 
-    with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
-        return do_bench(fwd), do_bench(fwd_bwd)
+    return do_bench(lambda: attend(q, k, v)), do_bench(fwd_bwd)
+
+
+def relative_error(attend: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   grad: torch.Tensor) -> float:
+    """Largest relative error of the output and dq, dk, dv against the same attention in fp32."""
+    def run(fn, *tensors):
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        out = fn(*leaves)
+        return [out, *torch.autograd.grad(out, leaves, grad.to(out.dtype))]
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        exact = run(sdpa(None), *(t.float() for t in (q, k, v)))
+    got = run(attend, q, k, v)
+    return max(((g.float() - e).norm() / e.norm()).item() for g, e in zip(got, exact, strict=True))
 
 
 def main() -> None:
@@ -76,20 +117,24 @@ def main() -> None:
 def time_preset(preset: str, B: int, T: int, H: int, K: int, Hd: int, device: torch.device) -> list[dict]:
     """One row per backend for ``B`` sequences of ``T`` tokens, ``H`` query and ``K`` key/value heads of ``Hd``."""
     rows = []
-    q = torch.randn(B, H, T, Hd, device=device, dtype=torch.bfloat16, requires_grad=True)
-    k = torch.randn(B, K, T, Hd, device=device, dtype=torch.bfloat16, requires_grad=True)
-    v = torch.randn(B, K, T, Hd, device=device, dtype=torch.bfloat16, requires_grad=True)
-    grad = torch.randn(B, H, T, Hd, device=device, dtype=torch.bfloat16)
+
+    def bthd_view(heads: int) -> torch.Tensor:  # (B, heads, T, Hd) views of (B, T, heads, Hd) memory, as in the model
+        x = torch.randn(B, T, heads, Hd, device=device, dtype=torch.bfloat16).transpose(1, 2)
+        return x.requires_grad_()
+
+    q, k, v = bthd_view(H), bthd_view(K), bthd_view(K)
+    grad = torch.randn(B, T, H, Hd, device=device, dtype=torch.bfloat16).transpose(1, 2)
     fwd_flops = 2 * 2 * B * H * T * T * Hd / 2
-    for name, backend in BACKENDS.items():
+    for name, attend in attention_fns().items():
         try:
-            fwd_ms, both_ms = time_backend(backend, q, k, v, grad)
-        except RuntimeError as e:  # a backend that does not take these shapes or this GQA layout
+            fwd_ms, both_ms = time_fn(attend, q, k, v, grad)
+            err = relative_error(attend, q[:2], k[:2], v[:2], grad[:2])  # two sequences: the fp32 math is slow
+        except (RuntimeError, AssertionError, ValueError) as e:  # a backend that does not take these shapes
             row = {"preset": preset, "head_dim": Hd, "backend": name, "error": str(e).splitlines()[0][:200]}
         else:
             row = {"preset": preset, "head_dim": Hd, "heads": H, "kv_heads": K, "backend": name,
                    "fwd_ms": fwd_ms, "fwd_bwd_ms": both_ms, "fwd_tflops": fwd_flops / fwd_ms / 1e9,
-                   "fwd_bwd_tflops": 3.5 * fwd_flops / both_ms / 1e9}
+                   "fwd_bwd_tflops": 3.5 * fwd_flops / both_ms / 1e9, "rel_err": err}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -39,6 +39,7 @@ def start(args: argparse.Namespace, work: Path, name: str) -> dict:
     return {"run": name, "compile_cache_loaded": startup["compile_cache_loaded"], "compile_s": compile_s,
             "startup_init_s": startup["startup_init_s"], "time_to_first_step_s": startup["time_to_first_step_s"],
             "fused_mlp_active": startup.get("fused_mlp_active"),
+            "flash_attention_active": startup.get("flash_attention_active"),
             **{k: v for k, v in startup.items() if k.startswith(("compile_aot_", "compile_fx_"))}}
 
 

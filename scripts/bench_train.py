@@ -23,13 +23,17 @@ step, and random tokens already on the GPU (no data cost), it times:
 * ``sigma_unfused_mlp`` ``sigma`` with the SwiGLU MLPs as three matmuls under ``torch.compile``
                  (``--fused-mlp off``), where ``sigma`` follows ``--fused-mlp`` (default ``auto``: on the
                  H100, each block's MLP in quack's fused GEMMs). The in-step A/B behind that default.
+* ``sigma_sdpa``  ``sigma`` with attention through SDPA (cuDNN; ``--flash-attention off``), where ``sigma``
+                 follows ``--flash-attention`` (default ``auto``: FlashAttention 4 on compute capability 9.0).
+                 The in-step A/B behind that default.
 
-Without ``--contenders`` it times the first four; the last five are A/B contenders, named when wanted.
+Without ``--contenders`` it times the first four; the last six are A/B contenders, named when wanted.
 
 ``sigma``, ``sigma_adamw`` and ``sigma_flip`` decide the FP8 LM head as the trainer does (``--fp8-lm-head``,
 default ``auto``: on where the fused linear + CE runs on FP8 tensor cores), and the fused MLP likewise
 (``--fused-mlp``; compiled in the warm-up from the shipped tuned configs, ~50 s more at 124m on the H100,
-or autotuned there for minutes where none ship); each row says whether each ran.
+or autotuned there for minutes where none ship), and FlashAttention 4 (``--flash-attention``); each row says
+whether each ran.
 
 All contenders of a preset are built and warmed up first (compilation and warm-up excluded), then
 timed in turns: ``--repeats`` rounds, each one window of ``--steps`` steps (CUDA events) per
@@ -85,7 +89,7 @@ from training.metrics import ResourceSampler  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
 CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head",
-              "sigma_fp8_linears", "sigma_unfused_mlp")
+              "sigma_fp8_linears", "sigma_unfused_mlp", "sigma_sdpa")
 # What a plain run times: the two baselines, our stack, and the same model with fused AdamW. Each contender
 # compiles for up to a minute on an H100, so the A/B ones (flip, FP8 / bf16 head) are named when wanted.
 DEFAULT_CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw")
@@ -159,10 +163,11 @@ class PlainLM(nn.Module):
 
 
 SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head", "sigma_fp8_linears",
-                "sigma_unfused_mlp")
+                "sigma_unfused_mlp", "sigma_sdpa")
 FP8_LINEARS_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")  # torchao's Float8LinearRecipeName values
 FP8_HEAD_FORCED = {"sigma_fp8": "on", "sigma_bf16_head": "off"}  # the others follow --fp8-lm-head
 FUSED_MLP_FORCED = {"sigma_unfused_mlp": "off"}  # the others follow --fused-mlp
+FLASH_ATTENTION_FORCED = {"sigma_sdpa": "off"}  # the others follow --flash-attention
 
 
 def build(
@@ -235,7 +240,12 @@ def build(
     fused_mlp, note = kernels.fused_mlp_wanted(FUSED_MLP_FORCED.get(name, args.fused_mlp), model)
     if note:
         print(f"{name}: {note}", flush=True)
-    kernels.apply_to_model(model, choices, fp8_lm_head=fp8_head, fused_mlp=fused_mlp)
+    flash_attention, note = kernels.flash_attention_wanted(FLASH_ATTENTION_FORCED.get(name, args.flash_attention),
+                                                           model, seq_len=args.seq_len)
+    if note:
+        print(f"{name}: {note}", flush=True)
+    kernels.apply_to_model(model, choices, fp8_lm_head=fp8_head, fused_mlp=fused_mlp,
+                           flash_attention=flash_attention)
     if name == "sigma_fp8_linears":
         n = fp8_block_linears(model, args.fp8_linears_recipe)
         print(f"sigma_fp8_linears: {n} block linears in FP8 (torchao, recipe {args.fp8_linears_recipe})", flush=True)
@@ -269,6 +279,7 @@ def build(
         return total / accum
 
     step.model, step.optimizer, step.fp8_lm_head, step.fused_mlp = model, pair, fp8_head, fused_mlp
+    step.flash_attention = flash_attention
     return step
 
 
@@ -565,6 +576,7 @@ def run_preset(cfg: ModelConfig, device: torch.device, args: argparse.Namespace,
             "loss": losses[name], "start_weights": start_from.get(name, "init"),
             "fp8_lm_head": getattr(prepared[name]["step"], "fp8_lm_head", None),
             "fused_mlp": getattr(prepared[name]["step"], "fused_mlp", None),
+            "flash_attention": getattr(prepared[name]["step"], "flash_attention", None),
             "sm_clock_mhz": median_or_none([r["gpu_sm_clock_mhz"] for r in readings[name]]),
             "power_w": median_or_none([r["gpu_power_w"] for r in readings[name]]),
         })
@@ -597,6 +609,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torchao's float8 training recipe for sigma_fp8_linears")
     p.add_argument("--fused-mlp", choices=kernels.FUSED_MLP_MODES, default="auto",
                    help="the trainer's flag, for the sigma contenders but sigma_unfused_mlp (always off)")
+    p.add_argument("--flash-attention", choices=kernels.FLASH_ATTENTION_MODES, default="auto",
+                   help="the trainer's flag, for the sigma contenders but sigma_sdpa (always off)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--profile", default=None, metavar="DIR", help="write a torch.profiler kernel table per contender")

@@ -37,6 +37,9 @@
 #   scripts/gpu_figures.sh OUT_DIR fused_main_job  # (likewise) train_sigma_args.txt's step shape at 124m, with and
 #                                            # without the fused MLP and against plain, from a new seeded cache
 #   scripts/gpu_figures.sh OUT_DIR fused_startup  # (likewise) the compile cache at 124m with the fused MLP on
+#   scripts/gpu_figures.sh OUT_DIR attention # (likewise) scripts/bench_attention.py with FlashAttention 4 importable
+#   scripts/gpu_figures.sh OUT_DIR fa4       # (likewise) --flash-attention: its GPU tests and the 124m step A/B
+#   scripts/gpu_figures.sh OUT_DIR fa4_more  # (likewise) its GPU tests, the sync-free step with it, the 350m A/B
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -46,8 +49,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -187,7 +190,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -264,6 +267,20 @@ case $part in
                      --json "$out/compile_cache_fused.json"
                  bench gpu_test_compile_cache 180 python3 -m pytest -q tests/test_gpu.py -k compile_cache)
                 bench gpu_test_startup_check 150 python3 -m pytest -q tests/test_gpu_fused_mlp.py -k startup_check ;;
+            attention)  # causal attention at both presets: SDPA's backends and FlashAttention 4 (its wheel is in .quack/a)
+                bench bench_attention 300 python3 scripts/bench_attention.py --presets 124m 350m \
+                    --json "$out/attention.json" ;;
+            fa4)  # --flash-attention: its GPU tests, then the 124m step with it (sigma) against SDPA (sigma_sdpa) and plain
+                export FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/q/fa4_cache
+                bench gpu_tests_flash_attention 150 python3 -m pytest -q tests/test_gpu_flash_attention.py
+                bench bench_train_fa4 400 python3 scripts/bench_train.py --presets 124m --contenders sigma sigma_sdpa \
+                    plain --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fa4.json" ;;
+            fa4_more)  # (likewise) its GPU tests and the sync-free step with it, then the 350m step A/B
+                export FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/q/fa4_cache
+                bench gpu_tests_flash_attention 150 python3 -m pytest -q tests/test_gpu_flash_attention.py
+                bench gpu_tests_fa4_sync 150 python3 -m pytest -q tests/test_gpu.py -k never_syncs --durations=0
+                bench bench_train_fa4_350m 330 python3 scripts/bench_train.py --presets 350m --contenders sigma \
+                    sigma_sdpa --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_fa4_350m.json" ;;
             fused_cache_test)  # only the compile-cache GPU test (tiny preset, quack's cache in the checkpoint folder)
                 bench gpu_test_compile_cache 300 python3 -m pytest -q tests/test_gpu.py -k compile_cache ;;
             fused_seed_check)  # the MLP alone from a new cache seeded by the trainer's code: compiles, tunes nothing

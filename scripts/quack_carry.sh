@@ -16,6 +16,7 @@ trap 'rm -rf "$tmp"' EXIT
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     -d "$tmp" quack-kernels==0.6.5 "nvidia-cutlass-dsl-libs-base==$dsl" "nvidia-cutlass-dsl-libs-core==$dsl" \
     "nvidia-cutlass-dsl-libs-cu13==$dsl" apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
+"$PYTHON" -m pip download -q --no-deps --pre -d "$tmp" flash-attn-4==4.0.0b36  # FlashAttention 4, same compiler
 rm -rf .quack && mkdir -p .quack/a .quack/b
 cu13=$(ls "$tmp"/nvidia_cutlass_dsl_libs_cu13-*.whl)
 ir=nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so

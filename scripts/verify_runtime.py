@@ -41,6 +41,7 @@ REQUIRED: list[tuple[str, list[str]]] = [
 ]
 if sys.platform == "linux" and platform.machine() == "x86_64":  # the lock's markers: quack's compiler is Linux x86-64
     REQUIRED.append(("quack.mlp", ["mlp_func"]))  # --fused-mlp; imports the CuTe-DSL compiler too
+    REQUIRED.append(("flash_attn.cute.interface", ["_flash_attn_fwd", "_flash_attn_bwd"]))  # --flash-attention
 
 
 def _resolve(obj: object, dotted: str) -> object:

@@ -24,15 +24,20 @@ REPO = Path(__file__).resolve().parent.parent
 FUSED_MLP = (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
              and importlib.util.find_spec("quack") is not None)
 FUSED_MLP_ON = ("--fused-mlp", "on") if FUSED_MLP else ()
+# FlashAttention 4: --flash-attention auto runs it on compute capability 9.0 wherever it imports
+FLASH_ATTENTION = (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+                   and importlib.util.find_spec("flash_attn") is not None)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def shared_quack_cache(tmp_path_factory):
     """One quack cache for the trainer runs here, so the fused MLP's GEMMs are autotuned once, not per run
-    (the trainer keeps a QUACK_CACHE_DIR it finds set). The compile-cache test takes it away again."""
+    (the trainer keeps a QUACK_CACHE_DIR it finds set), and one FlashAttention cache likewise. The
+    compile-cache test takes them away again."""
     with pytest.MonkeyPatch.context() as mp:
-        if not os.environ.get("QUACK_CACHE_DIR"):  # one set outside (a warm machine's) is shared as well
-            mp.setenv("QUACK_CACHE_DIR", str(tmp_path_factory.mktemp("quack_cache")))
+        for var in ("QUACK_CACHE_DIR", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"):
+            if not os.environ.get(var):  # one set outside (a warm machine's) is shared as well
+                mp.setenv(var, str(tmp_path_factory.mktemp(var.lower())))
         yield
 
 
@@ -88,6 +93,7 @@ def test_trainer_end_to_end_on_cuda(tmp_path):
     assert "[sigma] device=cuda" in r.stdout and "[sigma] dtype=bfloat16" in r.stdout
     assert "[sigma] ns_dtype=bfloat16" in r.stdout
     assert f"[sigma] fused_mlp_active={int(FUSED_MLP)}" in r.stdout
+    assert f"flash_attention_active={int(FLASH_ATTENTION)}" in r.stdout
     end = records[-1]
     assert end["event"] == "end" and end["heldout_loss_drop"] > 0.3
     steps = [r for r in records if r["event"] == "step"]
@@ -146,6 +152,7 @@ def test_train_step_never_syncs_with_the_host(tmp_path, kernels):
     from training.trainer import train_step
 
     s = _tiny_session(tmp_path, "--kernels", kernels, *FUSED_MLP_ON)
+    assert s.startup["flash_attention_active"] == int(FLASH_ATTENTION)  # its launches are in the hot path too
     clock = StageClock(s.hw.device, enabled=True)
     for _ in range(3):  # compile, autotune and allocator warm-up may sync
         train_step(s, clock, lambda: True)
@@ -165,7 +172,8 @@ def test_compile_cache_makes_the_second_start_faster(tmp_path):
     """A second start with a fresh Inductor cache but our persisted artifacts compiles much faster."""
     def start(name: str) -> list[dict]:
         """One start with its own empty Inductor cache; only the checkpoint folder is shared."""
-        env = {k: v for k, v in os.environ.items() if k != "QUACK_CACHE_DIR"}  # quack's: with the checkpoints
+        # quack's and FlashAttention's caches: with the checkpoints
+        env = {k: v for k, v in os.environ.items() if k not in ("QUACK_CACHE_DIR", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR")}
         env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / f"inductor_{name}")
         r = subprocess.run(
             [sys.executable, str(REPO / "train_sigma.py"), "--model-preset", "tiny", "--steps", "2",
@@ -189,6 +197,9 @@ def test_compile_cache_makes_the_second_start_faster(tmp_path):
     assert warm["compile_aot_cache_hits"] > 0 and warm["compile_aot_cache_bypasses"] == 0, warm
     assert list((tmp_path / "ck" / "compile_cache").glob("*.bin"))
     assert cold["fused_mlp_active"] == warm["fused_mlp_active"] == int(FUSED_MLP)
+    assert cold["flash_attention_active"] == warm["flash_attention_active"] == int(FLASH_ATTENTION)
+    if FLASH_ATTENTION:  # its compiled kernels are kept with the checkpoints too
+        assert any(f.is_file() for f in (tmp_path / "ck" / "compile_cache" / "flash_attention").rglob("*"))
     if FUSED_MLP:  # the fused MLP's tuned configs are kept there too, so the warm start did not re-tune
         from model.kernels import swiglu_mlp
 

@@ -35,7 +35,8 @@ NULL_ON_CPU = ("gpu_util_percent", "gpu_mem_alloc_gb", "gpu_mem_reserved_gb", "g
 FEATURES = ("muon", "c3o", "compile", "bootstrap_seed", "checkpoint", "nonfinite_guard", "eval", "samples")
 STARTUP_SCHEMA = ("startup_init_s", "time_to_first_batch_s", "time_to_first_step_s", "checkpoint_resume_step",
                   "checkpoint_quarantine_count", "instant_inversion_iters", "instant_inversion_rel_residual",
-                  "bitnet_1_58_active", "fp8_lm_head_active", "fused_mlp_active", "trl_grpo_available", "run_id")
+                  "bitnet_1_58_active", "fp8_lm_head_active", "fused_mlp_active", "flash_attention_active",
+                  "trl_grpo_available", "run_id")
 
 
 def train(run: Path, *extra: str, faults: str = "", expect: int = 0, steps: int = 8):

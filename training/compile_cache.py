@@ -60,6 +60,8 @@ class CompileCache:
             "fp8_lm_head": cfg.hardware.fp8_lm_head,
             "fused_mlp": cfg.hardware.fused_mlp,
             "quack": package_version("quack-kernels") if cfg.hardware.fused_mlp != "off" else None,
+            "flash_attention": cfg.hardware.flash_attention,
+            "flash_attn_4": package_version("flash-attn-4") if cfg.hardware.flash_attention != "off" else None,
             "dtype": str(hw.param_dtype),
         }
         key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]

@@ -31,6 +31,8 @@ class HardwareConfig:
     """auto | on | off: FP8 matmuls in the fused LM head + cross-entropy (model.kernels.fp8_lm_head_wanted)."""
     fused_mlp: str = "auto"
     """auto | on | off: the SwiGLU MLPs in quack's fused GEMMs (model.kernels.fused_mlp_wanted)."""
+    flash_attention: str = "auto"
+    """auto | on | off: attention through FlashAttention 4 (model.kernels.flash_attention_wanted)."""
 
 
 @dataclass
@@ -129,7 +131,8 @@ class RunConfig:
         return cls(
             hardware=HardwareConfig(device=ns.device, profile=ns.hardware_profile, compile=ns.compile,
                                     kernels=ns.kernels, compile_cache=ns.compile_cache,
-                                    fp8_lm_head=ns.fp8_lm_head, fused_mlp=ns.fused_mlp),
+                                    fp8_lm_head=ns.fp8_lm_head, fused_mlp=ns.fused_mlp,
+                                    flash_attention=ns.flash_attention),
             model=ModelSpec(preset=ns.model_preset, seq_len=ns.seq_len, init_from=ns.init_from,
                             bitnet=ns.bitnet_1_58),
             tokenizer=TokenizerConfig(path=ns.tokenizer, vocab_size=ns.vocab_size,

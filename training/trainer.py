@@ -331,13 +331,20 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     model = build_model(cfg, tok.get_vocab_size(), hw, ckpt["state"] if ckpt else None)
     kernel_choices = kernels.resolve(cfg.hardware.kernels, hw.device, compile=hw.compile)
     fp8_lm_head = kernels.fp8_lm_head_wanted(cfg.hardware.fp8_lm_head, model, kernel_choices)
-    quack_cache = Path(cfg.checkpoint.dir) / CACHE_DIR / "quack" if cfg.hardware.compile_cache else None
+    kernel_cache = Path(cfg.checkpoint.dir) / CACHE_DIR if cfg.hardware.compile_cache else None
+    quack_cache = kernel_cache / "quack" if kernel_cache else None
     fused_mlp, fused_mlp_note = kernels.fused_mlp_wanted(cfg.hardware.fused_mlp, model, quack_cache,
                                                          micro_batch=(cfg.loop.batch_size, cfg.model.seq_len),
                                                          announce=console.say)
     if fused_mlp_note:
         console.say(f"warning: {fused_mlp_note}")
-    kernels.apply_to_model(model, kernel_choices, fp8_lm_head=fp8_lm_head, fused_mlp=fused_mlp)
+    flash_attention, flash_attention_note = kernels.flash_attention_wanted(
+        cfg.hardware.flash_attention, model, kernel_cache / "flash_attention" if kernel_cache else None,
+        seq_len=cfg.model.seq_len, announce=console.say)
+    if flash_attention_note:
+        console.say(f"warning: {flash_attention_note}")
+    kernels.apply_to_model(model, kernel_choices, fp8_lm_head=fp8_lm_head, fused_mlp=fused_mlp,
+                           flash_attention=flash_attention)
     # The Triton kernel where chosen, else the PyTorch iteration in the profile's dtype (fp32 on the CPU).
     ns_kernel = kernels.ns_fn(kernel_choices) or partial(zeropower_via_newtonschulz, dtype=hw.ns_dtype)
     opt = build_optimizers(
@@ -414,6 +421,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
         "bitnet_1_58_active": int(model.cfg.bitnet), "trl_grpo_available": int(trl_grpo_available()),
         "fp8_lm_head_active": int(fp8_lm_head),
         "fused_mlp_active": int(fused_mlp),
+        "flash_attention_active": int(flash_attention),
         "run_id": metrics.run_id, "kernels": kernel_choices, "ns_coefficients": cfg.optim.ns_coefficients,
         "compile_cache_loaded": int(compile_cache_loaded),
         **{k: v for k, v in s.batches.stats().items() if k.endswith("_up") or k == "data_fallback_seed"},
@@ -422,7 +430,7 @@ def setup(cfg: RunConfig, run_dir: Path, metrics: MetricsWriter, t_start: float)
     console.facts(model_params=n_params, **split_summary, **inversion, checkpoint_resume_step=resume_step,
                   checkpoint_quarantine_count=quarantined, bitnet_1_58_active=int(model.cfg.bitnet),
                   fp8_lm_head_active=int(fp8_lm_head),
-                  fused_mlp_active=int(fused_mlp),
+                  fused_mlp_active=int(fused_mlp), flash_attention_active=int(flash_attention),
                   kernels=",".join(f"{op}={c}" for op, c in kernel_choices.items()),
                   trl_grpo_available=s.startup["trl_grpo_available"], run_id=metrics.run_id,
                   startup_init_s=round(s.startup["startup_init_s"], 2))

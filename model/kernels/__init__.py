@@ -172,23 +172,75 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None 
         announce(f"fused MLP: checking quack's GEMMs at the training shape ({shape[0]} x {shape[1]} tokens) against "
                  "the reference; a first start compiles them, and tunes them first (minutes, once) where no configs "
                  f"for this shape ship for {swiglu_mlp.gpu_folder_name(device)}")
-    problem = swiglu_mlp.import_problem() or swiglu_mlp.startup_check(device, shape=shape)
+    return _passes_checks("--fused-mlp", mode, swiglu_mlp, lambda: swiglu_mlp.startup_check(device, shape=shape))
+
+
+def _passes_checks(flag: str, mode: str, module, check: Callable[[], str | None]) -> tuple[bool, str | None]:
+    """``(True, None)`` where ``module`` imports and passes ``check``; else off with the reason under ``auto``
+    (it should have run here: the caller reports why it does not), or ``RuntimeError`` under ``on``."""
+    problem = module.import_problem() or check()
     if problem is not None:
-        if mode == "auto":  # it should have run here: say why it does not
-            return False, f"--fused-mlp auto: left off, {problem}"
-        raise RuntimeError(f"--fused-mlp on: {problem}")
+        if mode == "auto":
+            return False, f"{flag} auto: left off, {problem}"
+        raise RuntimeError(f"{flag} on: {problem}")
     return True, None
 
 
+FLASH_ATTENTION_MODES = ("auto", "on", "off")
+
+
+def flash_attention_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None = None,
+                           seq_len: int | None = None,
+                           announce: Callable[[str], None] | None = None) -> tuple[bool, str | None]:
+    """Whether ``--flash-attention MODE`` runs this model's attention through FlashAttention 4, and why not if not.
+
+    ``off``: never (SDPA: cuDNN on the H100). ``on``: wherever it can run (a CUDA GPU of compute capability 9.0+,
+    16-bit weights, a head width it takes, ``flash_attn.cute`` importable) and passes its start-up check; raises
+    ``RuntimeError`` naming the fix otherwise. ``auto``: on where it was measured to win (compute capability 9.0)
+    under the same conditions; off elsewhere, and off with the reason returned when it fails to import or fails
+    its check where ``auto`` would have run it (the caller reports it).
+    ``cache_root``: where FlashAttention keeps its compiled kernels (the trainer: next to the checkpoints; None:
+    its own folder), set before it is first imported (:func:`model.kernels.flash_attention.use_cache_dir`).
+    ``seq_len``: the training length; the start-up check then compiles the variants training runs.
+    ``announce``: told before that check (the trainer's console).
+    PERFORMANCE.md, "Attention", has the evidence.
+    """
+    if mode not in FLASH_ATTENTION_MODES:
+        raise ValueError(f"--flash-attention must be one of {FLASH_ATTENTION_MODES}; got {mode!r}")
+    if mode == "off":
+        return False, None
+    from model.kernels import flash_attention
+
+    weight = next(model.parameters())
+    device = weight.device
+    if mode == "auto" and (device.type != "cuda" or not flash_attention.auto_applies(
+            torch.cuda.get_device_capability(device))):
+        return False, None
+    problem = flash_attention.problem(model)
+    if problem is not None:
+        if mode == "auto":
+            return False, None
+        raise RuntimeError(problem)
+    flash_attention.use_cache_dir(cache_root, device)
+    cfg = model.cfg
+    shape = (seq_len or 256, cfg.n_head, cfg.n_kv_head, cfg.head_dim)
+    if announce is not None:
+        announce(f"flash attention: checking FlashAttention 4 at the training length ({shape[0]} tokens) against "
+                 "the reference; a first start compiles its kernels (seconds)")
+    return _passes_checks("--flash-attention", mode, flash_attention,
+                          lambda: flash_attention.startup_check(device, shape, dtype=weight.dtype))
+
+
 def apply_to_model(model: torch.nn.Module, choices: dict[str, str], *, fp8_lm_head: bool = False,
-                   fused_mlp: bool = False) -> None:
-    """Install the kernels chosen for the model (RMSNorm, linear + CE, BitNet, QK norm + RoPE, the MLP).
+                   fused_mlp: bool = False, flash_attention: bool = False) -> None:
+    """Install the kernels chosen for the model (RMSNorm, linear + CE, BitNet, QK norm + RoPE, the MLP, attention).
 
     Ops left on ``"torch"`` keep the model's built-in references, so nothing is imported for them.
     ``fp8_lm_head``: the fused linear + CE with FP8 matmuls (``--fp8-lm-head``; :func:`fp8_lm_head_wanted`
     decides it). It needs that kernel and, on CUDA, an FP8 GPU; the CPU runs it (slowly, under
     ``TRITON_INTERPRET=1``) for the tests. Raises ``RuntimeError`` naming the fix otherwise.
     ``fused_mlp``: every block's MLP through quack's fused GEMMs (:func:`fused_mlp_wanted` decides it).
+    ``flash_attention``: every block's attention through FlashAttention 4 (:func:`flash_attention_wanted`).
     """
     model_ops = ("rms_norm", "linear_ce", "bitnet_quant", "qk_norm_rope")
     chosen = {op: kernel(op, "triton") for op in model_ops if choices[op] == "triton"}
@@ -199,4 +251,6 @@ def apply_to_model(model: torch.nn.Module, choices: dict[str, str], *, fp8_lm_he
         chosen["linear_ce"] = importlib.import_module("model.kernels.linear_ce").triton_impl_fp8
     if fused_mlp:
         chosen["swiglu_mlp"] = importlib.import_module("model.kernels.swiglu_mlp").quack_mlp(tuned=True)
+    if flash_attention:
+        chosen["attention"] = importlib.import_module("model.kernels.flash_attention").fa4_attention
     model.use_kernels(**chosen)

@@ -181,9 +181,9 @@ class Attention(nn.Module):
 def causal_attention_reference(q_BTHHd: torch.Tensor, k_BTKHd: torch.Tensor, v_BTKHd: torch.Tensor) -> torch.Tensor:
     """Causal softmax attention, scale 1/sqrt(Hd), K/V heads shared by n_head / n_kv_head query heads each.
 
-    (B, T, heads, Hd) in and out, the layout the projections write. SDPA wants (B, heads, T, Hd): the
-    transposes are views, and SDPA (cuDNN on the H100) writes its output so that the transpose back is one
-    too. ``enable_gqa`` lets the kernel broadcast K/V heads instead of materialising repeat_kv copies.
+    (B, T, heads, Hd) in and out, the layout the projections write; SDPA takes (B, heads, T, Hd), reached by
+    transposes (views). ``enable_gqa`` lets the kernel broadcast K/V heads instead of materialising repeat_kv
+    copies; it is fixed by the shapes, so compile sees one graph.
     """
     y_BHTHd = F.scaled_dot_product_attention(
         q_BTHHd.transpose(1, 2),

@@ -68,6 +68,7 @@ def test_help_and_version():
         (["--fp8-lm-head", "maybe"], "argument --fp8-lm-head: invalid choice: 'maybe' (choose from 'auto', 'on', 'off')"),
         (["--fused-mlp", "on", "--bitnet-1-58", "on"], "--fused-mlp on replaces the MLP's plain matmuls"),
         (["--fused-mlp", "on", "--device", "cpu"], "--fused-mlp on runs quack's GPU GEMMs but --device is cpu"),
+        (["--flash-attention", "on", "--device", "cpu"], "--flash-attention on runs FlashAttention 4's GPU kernels but"),
         (["--tokenizer", "/nonexistent/tok.json"], "--tokenizer '/nonexistent/tok.json' is neither"),
         (["--init-from", "/nonexistent/model"], "--init-from '/nonexistent/model' is not a Hugging Face"),
         (["--data-backend", "hybrid", "--mix", "fineweb=1"], "argument --mix: expected name=weight pairs"),

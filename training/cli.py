@@ -190,7 +190,8 @@ def build_parser() -> _Parser:
                         "capability 9.0 with bf16 weights and d_model >= 768, after a start-up check")
     g.add_argument("--flash-attention", choices=("auto", "on", "off"), default="auto",
                    help="causal attention through FlashAttention 4's Hopper kernels instead of SDPA's (cuDNN): its "
-                        "backward is ~15%% faster at the 124M shapes (PERFORMANCE.md); its kernels compile at the "
+                        "backward takes ~16%% less time at the 124M shapes, the step 1-2%% (PERFORMANCE.md); its "
+                        "kernels compile at the "
                         "first start (seconds) and are cached with the compile cache. auto: on for compute "
                         "capability 9.0 with 16-bit weights, after a start-up check")
     g.add_argument("--compile-cache", type=_on_off, default=True, metavar="on|off",

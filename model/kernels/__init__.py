@@ -158,14 +158,8 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None 
     from model.kernels import swiglu_mlp
 
     device = next(model.parameters()).device
-    if mode == "auto" and (device.type != "cuda" or not swiglu_mlp.auto_applies(
-            torch.cuda.get_device_capability(device), model.cfg.d_model)):
+    if not _worth_checking(mode, swiglu_mlp, model, lambda cap: swiglu_mlp.auto_applies(cap, model.cfg.d_model)):
         return False, None
-    problem = swiglu_mlp.problem(model)
-    if problem is not None:
-        if mode == "auto":
-            return False, None
-        raise RuntimeError(problem)
     swiglu_mlp.use_cache_dir(cache_root, device)
     shape = None if micro_batch is None else (*micro_batch, model.cfg.d_model, model.cfg.d_ff)
     if announce is not None and shape is not None:
@@ -173,6 +167,33 @@ def fused_mlp_wanted(mode: str, model: torch.nn.Module, cache_root: Path | None 
                  "the reference; a first start compiles them, and tunes them first (minutes, once) where no configs "
                  f"for this shape ship for {swiglu_mlp.gpu_folder_name(device)}")
     return _passes_checks("--fused-mlp", mode, swiglu_mlp, lambda: swiglu_mlp.startup_check(device, shape=shape))
+
+
+def _worth_checking(mode: str, module, model: torch.nn.Module,
+                    auto_applies: Callable[[tuple[int, int]], bool]) -> bool:
+    """Whether a GPU kernel module (``auto_applies`` judges a compute capability) goes on to its start-up checks
+    under ``mode`` ``auto`` or ``on``: not off the GPU or where ``auto`` does not apply, nor where the model does
+    not suit it (``module.problem``), which ``auto`` leaves quietly and ``on`` raises as ``RuntimeError``."""
+    device = next(model.parameters()).device
+    if mode == "auto" and (device.type != "cuda" or not auto_applies(torch.cuda.get_device_capability(device))):
+        return False
+    problem = module.problem(model)
+    if problem is not None:
+        if mode == "auto":
+            return False
+        raise RuntimeError(problem)
+    return True
+
+
+def cute_dsl_import_problem(module: str, needs: str, flag: str) -> str | None:
+    """Why ``module`` of a CuTe-DSL kernel library cannot be imported here, or None. ``needs`` says what for and
+    which package (``"the fused MLP needs quack-kernels"``); the message names the fix, ``flag`` off among it."""
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # ImportError, or a broken compiler install raising something else
+        return (f"{needs} and nvidia-cutlass-dsl (in the lock, Linux x86-64 only), which do not import here: "
+                f"{type(e).__name__}: {e}. Reinstall with scripts/setup_env.sh, or use {flag} off.")
+    return None
 
 
 def _passes_checks(flag: str, mode: str, module, check: Callable[[], str | None]) -> tuple[bool, str | None]:
@@ -211,16 +232,10 @@ def flash_attention_wanted(mode: str, model: torch.nn.Module, cache_root: Path |
         return False, None
     from model.kernels import flash_attention
 
+    if not _worth_checking(mode, flash_attention, model, flash_attention.auto_applies):
+        return False, None
     weight = next(model.parameters())
     device = weight.device
-    if mode == "auto" and (device.type != "cuda" or not flash_attention.auto_applies(
-            torch.cuda.get_device_capability(device))):
-        return False, None
-    problem = flash_attention.problem(model)
-    if problem is not None:
-        if mode == "auto":
-            return False, None
-        raise RuntimeError(problem)
     flash_attention.use_cache_dir(cache_root, device)
     cfg = model.cfg
     shape = (seq_len or 256, cfg.n_head, cfg.n_kv_head, cfg.head_dim)

@@ -148,13 +148,10 @@ def problem(model: torch.nn.Module) -> str | None:
 
 def import_problem() -> str | None:
     """Why FlashAttention 4 cannot be imported here (the fix is named), or None."""
-    try:
-        import flash_attn.cute.interface  # noqa: F401
-    except Exception as e:  # ImportError, or a broken compiler install raising something else
-        return (f"FlashAttention 4 needs flash-attn-4 and nvidia-cutlass-dsl (in the lock, Linux x86-64 only), "
-                f"which do not import here: {type(e).__name__}: {e}. Reinstall with scripts/setup_env.sh, or use "
-                "--flash-attention off.")
-    return None
+    from model.kernels import cute_dsl_import_problem
+
+    return cute_dsl_import_problem("flash_attn.cute.interface", "FlashAttention 4 needs flash-attn-4",
+                                   "--flash-attention")
 
 
 @torch.enable_grad()  # the kernel path is the training one (see fa4_attention)

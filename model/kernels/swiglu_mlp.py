@@ -244,13 +244,9 @@ def problem(model: torch.nn.Module) -> str | None:
 
 def import_problem() -> str | None:
     """Why quack cannot be imported here (the fix is named), or None."""
-    try:
-        import quack.mlp  # noqa: F401
-    except Exception as e:  # ImportError, or a broken compiler install raising something else
-        return (f"the fused MLP needs quack-kernels and nvidia-cutlass-dsl (in the lock, Linux x86-64 only), "
-                f"which do not import here: {type(e).__name__}: {e}. Reinstall with scripts/setup_env.sh, or use "
-                "--fused-mlp off.")
-    return None
+    from model.kernels import cute_dsl_import_problem
+
+    return cute_dsl_import_problem("quack.mlp", "the fused MLP needs quack-kernels", "--fused-mlp")
 
 
 @torch.enable_grad()  # the fused path is the training one (see quack_mlp)

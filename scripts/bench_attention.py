@@ -37,30 +37,25 @@ BACKENDS = {
 }
 
 
-def sdpa(backend: SDPBackend | None) -> Callable[..., torch.Tensor]:
-    """Causal attention on (B, heads, T, Hd) tensors with SDPA held to ``backend`` (None: its own pick)."""
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.size(1) != k.size(1))
-    return attend
+def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention on (B, heads, T, Hd) tensors through SDPA, whichever backend it is held to."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.size(1) != k.size(1))
 
 
-def fa4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """FlashAttention 4 on (B, heads, T, Hd) views of (B, T, heads, Hd) tensors, its own layout."""
-    from flash_attn.cute import flash_attn_func
-
-    out, _ = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
-    return out.transpose(1, 2)
-
-
-def attention_fns() -> dict[str, Callable[..., torch.Tensor]]:
-    fns = {name: sdpa(backend) for name, backend in BACKENDS.items()}
+def attention_fns() -> dict[str, tuple[Callable[..., torch.Tensor], SDPBackend | None]]:
+    """Each row's attention on (B, heads, T, Hd) tensors, and the SDPA backend to hold it to (None: none)."""
+    fns = {name: (causal_sdpa, backend) for name, backend in BACKENDS.items()}
     try:
-        import flash_attn.cute  # noqa: F401
+        from flash_attn.cute import flash_attn_func
     except ImportError as e:
         print(json.dumps({"fa4": f"not importable: {e}"}), flush=True)
     else:
-        fns["fa4"] = fa4
+        def fa4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            """FlashAttention 4 on (B, heads, T, Hd) views of (B, T, heads, Hd) tensors, its own layout."""
+            out, _ = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+            return out.transpose(1, 2)
+
+        fns["fa4"] = (fa4, None)
     return fns
 
 
@@ -84,7 +79,7 @@ def relative_error(attend: Callable[..., torch.Tensor], q: torch.Tensor, k: torc
         return [out, *torch.autograd.grad(out, leaves, grad.to(out.dtype))]
 
     with sdpa_kernel([SDPBackend.MATH]):
-        exact = run(sdpa(None), *(t.float() for t in (q, k, v)))
+        exact = run(causal_sdpa, *(t.float() for t in (q, k, v)))
     got = run(attend, q, k, v)
     return max(((g.float() - e).norm() / e.norm()).item() for g, e in zip(got, exact, strict=True))
 
@@ -125,10 +120,11 @@ def time_preset(preset: str, B: int, T: int, H: int, K: int, Hd: int, device: to
     q, k, v = bthd_view(H), bthd_view(K), bthd_view(K)
     grad = torch.randn(B, T, H, Hd, device=device, dtype=torch.bfloat16).transpose(1, 2)
     fwd_flops = 2 * 2 * B * H * T * T * Hd / 2
-    for name, attend in attention_fns().items():
+    for name, (attend, backend) in attention_fns().items():
         try:
-            fwd_ms, both_ms = time_fn(attend, q, k, v, grad)
-            err = relative_error(attend, q[:2], k[:2], v[:2], grad[:2])  # two sequences: the fp32 math is slow
+            with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
+                fwd_ms, both_ms = time_fn(attend, q, k, v, grad)
+                err = relative_error(attend, q[:2], k[:2], v[:2], grad[:2])  # two sequences: the fp32 math is slow
         except (RuntimeError, AssertionError, ValueError) as e:  # a backend that does not take these shapes
             row = {"preset": preset, "head_dim": Hd, "backend": name, "error": str(e).splitlines()[0][:200]}
         else:

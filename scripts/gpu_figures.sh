@@ -195,9 +195,11 @@ case $part in
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
-        # one quack cache for the benchmarks: compiled kernels carry over between shapes and parts
+        # one quack cache (and one FlashAttention cache) for the benchmarks: compiled kernels carry over between
+        # shapes and parts
         export PYTHONPATH=/tmp/q/site-packages:/tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages \
-            QUACK_CACHE_DIR=/tmp/q/cache QUACK_CACHE_AUTOTUNING=1 QUACK_COMPILE_WORKERS=16
+            QUACK_CACHE_DIR=/tmp/q/cache QUACK_CACHE_AUTOTUNING=1 QUACK_COMPILE_WORKERS=16 \
+            FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/q/fa4_cache
         python3 -c "import quack.mlp, quack.epilogue.library; print('quack', quack.__version__)" || exit 1
         # this GPU model's shipped tuned configs (model.kernels.swiglu_mlp.gpu_folder_name)
         tuned_dir=model/kernels/quack_tuned/$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed -E 's/[^A-Za-z0-9_.-]+/_/g')
@@ -240,7 +242,7 @@ case $part in
                 echo "side site-packages files in the bundle: $(find dist/eco_train/_internal/site-packages -type f | wc -l)"
                 # the binary as a user runs it: no PYTHONPATH, quack's cache under its checkpoint folder (cold)
                 rm -rf /tmp/run_bin /tmp/ck_bin
-                (unset PYTHONPATH QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING
+                (unset PYTHONPATH QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING FLASH_ATTENTION_CUTE_DSL_CACHE_DIR
                  bench binary_run 230 dist/eco_train/eco_train "${binary_job[@]}" --output-dir /tmp/run_bin \
                      --checkpoint-dir /tmp/ck_bin)
                 cp /tmp/run_bin/metrics.jsonl "$out/binary_metrics.jsonl"
@@ -248,7 +250,7 @@ case $part in
                     "shipped: $(find "$tuned_dir" -name '*.autotune.json' | wc -l)" | tee "$out/binary_quack_count.txt" ;;
             fused_binary_source)  # (after fused_binary) the same job through the source; then the compile-cache test
                 rm -rf /tmp/run_src /tmp/ck_src
-                (unset QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING
+                (unset QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING FLASH_ATTENTION_CUTE_DSL_CACHE_DIR
                  bench source_run 230 python3 train_sigma.py "${binary_job[@]}" --output-dir /tmp/run_src \
                      --checkpoint-dir /tmp/ck_src)
                 cp /tmp/run_src/metrics.jsonl "$out/source_metrics.jsonl"
@@ -263,7 +265,7 @@ case $part in
                     "shipped: $(find "$tuned_dir" -name '*.autotune.json' | wc -l)" | tee "$out/main_job_count.txt" ;;
             fused_startup)  # the compile cache at 124m with the fused MLP on: quack's cache lives in the checkpoint
                             # folder (no QUACK_CACHE_DIR), so the cold start compiles quack's kernels and the warm one reuses them
-                (unset QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING QUACK_COMPILE_WORKERS  # quack's defaults, as a user has
+                (unset QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING QUACK_COMPILE_WORKERS FLASH_ATTENTION_CUTE_DSL_CACHE_DIR  # as a user has
                  bench bench_compile_cache_fused 400 python3 scripts/bench_compile_cache.py --preset 124m \
                      --json "$out/compile_cache_fused.json"
                  bench gpu_test_compile_cache 180 python3 -m pytest -q tests/test_gpu.py -k compile_cache)
@@ -272,19 +274,16 @@ case $part in
                 bench bench_attention 300 python3 scripts/bench_attention.py --presets 124m 350m \
                     --json "$out/attention.json" ;;
             fa4)  # --flash-attention: its GPU tests, then the 124m step with it (sigma) against SDPA (sigma_sdpa) and plain
-                export FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/q/fa4_cache
                 bench gpu_tests_flash_attention 150 python3 -m pytest -q tests/test_gpu_flash_attention.py
                 bench bench_train_fa4 400 python3 scripts/bench_train.py --presets 124m --contenders sigma sigma_sdpa \
                     plain --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fa4.json" ;;
             fa4_main_job)  # train_sigma_args.txt's shape (seq 1024, micro-batches of 32 rows): attention alone, then the step A/B
-                export FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/q/fa4_cache
                 bench bench_attention_1024 120 python3 scripts/bench_attention.py --presets 124m --seq-len 1024 \
                     --json "$out/attention_1024.json"
                 bench bench_train_fa4_main_job 300 python3 scripts/bench_train.py --presets 124m --seq-len 1024 \
                     --micro-batch 32 --contenders sigma sigma_sdpa --steps 8 --repeats 3 --warmup 3 \
                     --json "$out/bench_train_fa4_main_job.json" ;;
             fa4_more)  # (likewise) its GPU tests and the sync-free step with it, then the 350m step A/B
-                export FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/q/fa4_cache
                 bench gpu_tests_flash_attention 150 python3 -m pytest -q tests/test_gpu_flash_attention.py
                 bench gpu_tests_fa4_sync 150 python3 -m pytest -q tests/test_gpu.py -k never_syncs --durations=0
                 bench bench_train_fa4_350m 330 python3 scripts/bench_train.py --presets 350m --contenders sigma \

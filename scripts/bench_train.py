@@ -372,8 +372,8 @@ def time_steps(step: Callable[[], torch.Tensor], n: int, device: torch.device) -
 
 KERNEL_CATEGORIES = (  # first match wins; the profile summary's rows
     ("newton_schulz", ("_gram_kernel", "_gemm_axpy_kernel", "_gemm_axpy_apply_kernel")),
+    ("attention", ("sdpa", "fmha", "flash", "attention", "cudnn")),  # before matmul: FlashAttention 4's are CuTe's
     ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
-    ("attention", ("sdpa", "fmha", "flash", "attention", "cudnn")),
     ("cross_entropy", ("cross_entropy",)),
     ("memset", ("memset",)),
     ("memcpy", ("memcpy",)),

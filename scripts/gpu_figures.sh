@@ -41,6 +41,7 @@
 #   scripts/gpu_figures.sh OUT_DIR fa4       # (likewise) --flash-attention: its GPU tests and the 124m step A/B
 #   scripts/gpu_figures.sh OUT_DIR fa4_more  # (likewise) its GPU tests, the sync-free step with it, the 350m A/B
 #   scripts/gpu_figures.sh OUT_DIR fa4_main_job  # (likewise) train_sigma_args.txt's step shape with and without it
+#   scripts/gpu_figures.sh OUT_DIR lm_head   # (likewise) scripts/bench_lm_head.py, then a profile of the 124m step
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
 #   scripts/gpu_figures.sh OUT_DIR binary    # build the frozen binary here, then the same job through it and source
@@ -50,8 +51,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|lm_head|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|lm_head|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -191,7 +192,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|lm_head)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -288,6 +289,10 @@ case $part in
                 bench gpu_tests_fa4_sync 150 python3 -m pytest -q tests/test_gpu.py -k never_syncs --durations=0
                 bench bench_train_fa4_350m 330 python3 scripts/bench_train.py --presets 350m --contenders sigma \
                     sigma_sdpa --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_fa4_350m.json" ;;
+            lm_head)  # the LM head + cross-entropy alone, ours against quack's; then a profile of the 124m sigma step
+                bench bench_lm_head 200 python3 scripts/bench_lm_head.py --presets 124m 350m --json "$out/lm_head.json"
+                bench bench_train_profile 330 python3 scripts/bench_train.py --presets 124m --contenders sigma plain \
+                    --steps 8 --repeats 3 --warmup 3 --json "$out/bench_train_profile.json" --profile "$out" ;;
             fused_cache_test)  # only the compile-cache GPU test (tiny preset, quack's cache in the checkpoint folder)
                 bench gpu_test_compile_cache 300 python3 -m pytest -q tests/test_gpu.py -k compile_cache ;;
             fused_seed_check)  # the MLP alone from a new cache seeded by the trainer's code: compiles, tunes nothing

@@ -140,6 +140,13 @@ def test_bench_quack_mlp_without_a_gpu_says_where_to_run_it() -> None:
     assert "compute capability 9.0" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the script runs its benchmark instead")
+def test_bench_lm_head_without_a_gpu_says_where_to_run_it() -> None:
+    result = run_script("bench_lm_head.py", "--presets", "124m")
+    assert result.returncode != 0
+    assert "compute capability 9.0" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_tune_fused_mlp_without_a_gpu_says_where_to_run_it() -> None:
     r = run_script("tune_fused_mlp.py", "--shapes", "124m:65536")
     assert r.returncode != 0 and "compute capability 9.0" in r.stderr and "Traceback" not in r.stderr
@@ -249,6 +256,20 @@ def test_kernel_categories_put_every_newton_schulz_kernel_in_its_row() -> None:
     for name in ("_gram_kernel", "_gemm_axpy_kernel", "_gemm_axpy_apply_kernel"):
         assert bench_train.kernel_category(name) == "newton_schulz", name
     assert bench_train.kernel_category("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN") == "matmul"
+
+
+def test_kernel_categories_tell_flash_attention_from_quack_gemms() -> None:
+    """Both are CuTe-DSL kernels named ``kernel_cutlass_...`` (names as a session-22 H200 profile printed them,
+    cut short): FlashAttention 4's four kernels are attention, quack's GEMMs matmuls."""
+    for name in ("kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90_object_at__tensor0000",
+                 "kernel_cutlass_kernel_flash_attncuteflash_bwd_sm90FlashAttentionBackwardSm90_object_at__tensor0000",
+                 "kernel_cutlass_kernel_flash_attncuteflash_bwd_preprocessFlashAttentionBackwardPreprocess_object",
+                 "kernel_cutlass_kernel_flash_attncuteflash_bwd_postprocessFlashAttentionBackwardPostprocess_objec",
+                 "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_3_64x128x128_4x1x1_kernel0_0"):
+        assert bench_train.kernel_category(name) == "attention", name
+    for name in ("kernel_cutlass_kernel_quackgemm_default_epiGemmDefaultSm90_object_at__TiledMMA_ThrLayoutVMNK12",
+                 "kernel_cutlass_kernel_quackepiloguefrontendGemmMod_dgated_epi_e33f6fcaf9e83884_p_c_sm9_object_at"):
+        assert bench_train.kernel_category(name) == "matmul", name
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the script runs its benchmark instead")

@@ -33,7 +33,7 @@
 #   scripts/gpu_figures.sh OUT_DIR fused_seed_check  # (likewise) the MLP alone at two shapes from a new seeded cache
 #   scripts/gpu_figures.sh OUT_DIR fused_binary # (likewise) the frozen binary built here with quack, and the 124m job
 #                                            # through it (PyInstaller's wheels carried in .whl/); then, next call:
-#   scripts/gpu_figures.sh OUT_DIR fused_binary_source  # the same job through the source, and the compile-cache test
+#   scripts/gpu_figures.sh OUT_DIR fused_binary_source  # the same job through the source
 #   scripts/gpu_figures.sh OUT_DIR fused_main_job  # (likewise) train_sigma_args.txt's step shape at 124m, with and
 #                                            # without the fused MLP and against plain, from a new seeded cache
 #   scripts/gpu_figures.sh OUT_DIR fused_startup  # (likewise) the compile cache at 124m with the fused MLP on
@@ -41,6 +41,7 @@
 #   scripts/gpu_figures.sh OUT_DIR fa4       # (likewise) --flash-attention: its GPU tests and the 124m step A/B
 #   scripts/gpu_figures.sh OUT_DIR fa4_more  # (likewise) its GPU tests, the sync-free step with it, the 350m A/B
 #   scripts/gpu_figures.sh OUT_DIR fa4_main_job  # (likewise) train_sigma_args.txt's step shape with and without it
+#   scripts/gpu_figures.sh OUT_DIR fa4_rest  # (likewise) the rest of tests/test_gpu.py with it on, and the attention bench
 #   scripts/gpu_figures.sh OUT_DIR lm_head   # (likewise) scripts/bench_lm_head.py, then a profile of the 124m step
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
@@ -51,8 +52,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|lm_head|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|lm_head|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|lm_head|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|lm_head|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -192,7 +193,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|lm_head)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|lm_head)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -249,13 +250,13 @@ case $part in
                 cp /tmp/run_bin/metrics.jsonl "$out/binary_metrics.jsonl"
                 echo "quack config files under the binary's checkpoints: $(find /tmp/ck_bin -name '*.autotune.json' | wc -l)," \
                     "shipped: $(find "$tuned_dir" -name '*.autotune.json' | wc -l)" | tee "$out/binary_quack_count.txt" ;;
-            fused_binary_source)  # (after fused_binary) the same job through the source; then the compile-cache test
+            fused_binary_source)  # (after fused_binary) the same job through the source (the compile-cache test, which it
+                                  # ran after it until session 22, is the part fused_cache_test)
                 rm -rf /tmp/run_src /tmp/ck_src
                 (unset QUACK_CACHE_DIR QUACK_CACHE_AUTOTUNING FLASH_ATTENTION_CUTE_DSL_CACHE_DIR
                  bench source_run 230 python3 train_sigma.py "${binary_job[@]}" --output-dir /tmp/run_src \
                      --checkpoint-dir /tmp/ck_src)
-                cp /tmp/run_src/metrics.jsonl "$out/source_metrics.jsonl"
-                bench gpu_test_compile_cache 330 python3 -m pytest -q tests/test_gpu.py -k compile_cache --durations=0 ;;
+                cp /tmp/run_src/metrics.jsonl "$out/source_metrics.jsonl" ;;
             fused_main_job)  # train_sigma_args.txt's step (seq 1024, two micro-batches of 32 rows) from a new seeded cache
                 export QUACK_CACHE_DIR=/tmp/q/cache_main_job
                 rm -rf "$QUACK_CACHE_DIR"
@@ -289,6 +290,10 @@ case $part in
                 bench gpu_tests_fa4_sync 150 python3 -m pytest -q tests/test_gpu.py -k never_syncs --durations=0
                 bench bench_train_fa4_350m 330 python3 scripts/bench_train.py --presets 350m --contenders sigma \
                     sigma_sdpa --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_fa4_350m.json" ;;
+            fa4_rest)  # (likewise) the trainer's GPU tests that fa4 and fa4_more leave out, with it on; then the attention bench
+                bench gpu_tests_fa4_rest 330 python3 -m pytest -q tests/test_gpu.py --durations=0 \
+                    -k "not compile_cache and not end_to_end and not never_syncs"
+                bench bench_attention 120 python3 scripts/bench_attention.py --presets 124m --json "$out/attention.json" ;;
             lm_head)  # the LM head + cross-entropy alone, ours against quack's; then a profile of the 124m sigma step
                 bench bench_lm_head 200 python3 scripts/bench_lm_head.py --presets 124m 350m --json "$out/lm_head.json"
                 bench bench_train_profile 330 python3 scripts/bench_train.py --presets 124m --contenders sigma plain \

@@ -42,6 +42,7 @@
 #   scripts/gpu_figures.sh OUT_DIR fa4_more  # (likewise) its GPU tests, the sync-free step with it, the 350m A/B
 #   scripts/gpu_figures.sh OUT_DIR fa4_main_job  # (likewise) train_sigma_args.txt's step shape with and without it
 #   scripts/gpu_figures.sh OUT_DIR fa4_rest  # (likewise) the rest of tests/test_gpu.py with it on, and the attention bench
+#   scripts/gpu_figures.sh OUT_DIR main_job_profile  # (likewise) a profile of the 124m step at seq 1024
 #   scripts/gpu_figures.sh OUT_DIR lm_head   # (likewise) scripts/bench_lm_head.py, then a profile of the 124m step
 #   scripts/gpu_figures.sh OUT_DIR startup   # compile cache at 124m + the GPU tests
 #   scripts/gpu_figures.sh OUT_DIR delta     # Muon + C3O's in-step cost on shared weights, and with weights held still
@@ -52,8 +53,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|lm_head|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|lm_head|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -193,7 +194,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|lm_head)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -294,6 +295,10 @@ case $part in
                 bench gpu_tests_fa4_rest 330 python3 -m pytest -q tests/test_gpu.py --durations=0 \
                     -k "not compile_cache and not end_to_end and not never_syncs"
                 bench bench_attention 120 python3 scripts/bench_attention.py --presets 124m --json "$out/attention.json" ;;
+            main_job_profile)  # a profile of sigma at train_sigma_args.txt's shape (seq 1024, micro-batches of 32 rows)
+                bench bench_train_main_job_profile 300 python3 scripts/bench_train.py --presets 124m --seq-len 1024 \
+                    --micro-batch 32 --contenders sigma --steps 8 --repeats 3 --warmup 3 \
+                    --json "$out/bench_train_main_job_profile.json" --profile "$out" ;;
             lm_head)  # the LM head + cross-entropy alone, ours against quack's; then a profile of the 124m sigma step
                 bench bench_lm_head 200 python3 scripts/bench_lm_head.py --presets 124m 350m --json "$out/lm_head.json"
                 bench bench_train_profile 330 python3 scripts/bench_train.py --presets 124m --contenders sigma plain \

@@ -37,3 +37,14 @@ def test_auto_defaults_follow_the_h100_measurements() -> None:
     """Newton-Schulz (kernel table), linear + CE and QK norm + RoPE (in the training step) beat their
     compiled references at both preset sizes (PERFORMANCE.md); RMSNorm and the BitNet quantiser do not."""
     assert {op for op, (_, auto) in kernels.KERNELS.items() if auto} == {"newton_schulz", "linear_ce", "qk_norm_rope"}
+
+
+def test_relative_error_problem_names_the_first_output_off_and_fails_nan() -> None:
+    """The comparison both CuTe-DSL start-up checks end with: bf16 results against their fp32 reference."""
+    want = [torch.ones(4), torch.full((4,), 2.0)]
+    close = [w.to(torch.bfloat16) for w in want]
+    assert kernels.relative_error_problem(("out", "dx"), close, want, 1e-2) is None
+    far = [close[0], (want[1] * 1.125).to(torch.bfloat16)]  # exact in bf16
+    assert kernels.relative_error_problem(("out", "dx"), far, want, 1e-2) == "dx relative error 0.125 > 0.01"
+    nan = [torch.tensor([float("nan"), 1.0, 1.0, 1.0]), close[1]]
+    assert kernels.relative_error_problem(("out", "dx"), nan, want, 1e-2) == "out relative error nan > 0.01"

@@ -196,6 +196,18 @@ def cute_dsl_import_problem(module: str, needs: str, flag: str) -> str | None:
     return None
 
 
+def relative_error_problem(names: tuple[str, ...], got: list[torch.Tensor], want: list[torch.Tensor],
+                           tolerance: float) -> str | None:
+    """The first of ``got`` (named by ``names``) whose relative error ``||got - want|| / ||want||`` against its
+    fp32 ``want`` exceeds ``tolerance``, as ``"<name> relative error <err> > <tolerance>"``; None if none does.
+    A NaN fails too. The start-up checks of the CuTe-DSL kernels share it."""
+    for name, g, w in zip(names, got, want, strict=True):
+        err = ((g.float() - w).norm() / w.norm()).item()
+        if not err <= tolerance:
+            return f"{name} relative error {err:.3g} > {tolerance}"
+    return None
+
+
 def _passes_checks(flag: str, mode: str, module, check: Callable[[], str | None]) -> tuple[bool, str | None]:
     """``(True, None)`` where ``module`` imports and passes ``check``; else off with the reason under ``auto``
     (it should have run here: the caller reports why it does not), or ``RuntimeError`` under ``on``."""

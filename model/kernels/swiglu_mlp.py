@@ -260,6 +260,8 @@ def startup_check(device: torch.device, tolerance: float = 2e-2,
     quack's default configs, which costs only their compiles. ``tolerance`` bounds the relative error of the
     output and of each gradient against the fp32 reference (bf16 inputs give ~5e-3).
     """
+    from model.kernels import relative_error_problem
+
     rows, seq_len, d_model, d_ff = shape or (1, 256, 128, 256)
     gen = torch.Generator(device=device).manual_seed(0)
     shapes = ((rows, seq_len, d_model), (d_ff, d_model), (d_ff, d_model), (d_model, d_ff))  # x, gate, up, down
@@ -273,10 +275,9 @@ def startup_check(device: torch.device, tolerance: float = 2e-2,
         want_out = reference(*fp32)
         want_out.square().sum().backward()
         want = [want_out, *(t.grad for t in fp32)]
-        for name, g, w in zip(("output", "dx", "dW_gate", "dW_up", "dW_down"), got, want, strict=True):
-            err = ((g.float() - w).norm() / w.norm()).item()
-            if not err <= tolerance:  # NaN fails too
-                return f"quack's fused MLP is off from the reference: {name} relative error {err:.3g} > {tolerance}"
+        off = relative_error_problem(("output", "dx", "dW_gate", "dW_up", "dW_down"), got, want, tolerance)
+        if off is not None:
+            return f"quack's fused MLP is off from the reference: {off}"
     except Exception as e:
         return f"quack's fused MLP failed its start-up check: {type(e).__name__}: {e}"
     return None

@@ -12,10 +12,12 @@ initial weights, in three arms:
                   for a reason that should not matter, the yardstick for the next arm;
 * ``fp8``         the FP8 head's arithmetic (``linear_ce.reference_fp8``, which the Triton kernel
                   ``triton_impl_fp8`` matches in tests/test_kernels_fused.py; on CUDA that kernel
-                  itself, as ``--fp8-lm-head on`` runs it), same batches as ``exact``.
+                  itself, as ``--fp8-lm-head on`` runs it), same batches as ``exact``;
+* ``fp8_grad_w``  (named with ``--arms``) ``fp8`` with the weight gradient in FP8 too
+                  (``reference_fp8(fp8_grad_w=True)``; on CUDA ``triton_impl_fp8_grad_w``).
 
 It prints the held-out loss (computed exactly in every arm) every ``--eval-every`` steps, and each arm's
-difference from ``exact``. On the CPU the parameters are fp32 and Newton–Schulz runs in fp32; with
+difference from ``exact`` (from the first arm named when ``exact`` is not run). On the CPU the parameters are fp32 and Newton–Schulz runs in fp32; with
 ``--device cuda`` both are bf16, as the trainer runs them on a GPU. Neither changes the FP8 quantisation
 being measured: h and W in e4m3, the logits' gradient in e5m2. Small model, short run:
 evidence about the head's noise, not a substitute for a long GPU run.
@@ -80,10 +82,11 @@ def train(arm: str, seed: int, args: argparse.Namespace, cfg, init: dict, train_
     model.load_state_dict(init)
     if device.type == "cuda":
         model.to(device, torch.bfloat16)
-        model.use_kernels(linear_ce=linear_ce.triton_impl_fp8 if arm == "fp8" else linear_ce.triton_impl)
+        gpu_heads = {"fp8": linear_ce.triton_impl_fp8, "fp8_grad_w": linear_ce.triton_impl_fp8_grad_w}
+        model.use_kernels(linear_ce=gpu_heads.get(arm, linear_ce.triton_impl))
         train_batches, heldout = [b.to(device) for b in train_batches], [b.to(device) for b in heldout]
-    elif arm == "fp8":
-        model.use_kernels(linear_ce=linear_ce.reference_fp8)
+    elif arm in ("fp8", "fp8_grad_w"):
+        model.use_kernels(linear_ce=partial(linear_ce.reference_fp8, fp8_grad_w=arm == "fp8_grad_w"))
     if arm == "exact_order":  # the same batches, another order
         order = torch.randperm(len(train_batches), generator=torch.Generator().manual_seed(seed + 2))
         train_batches = [train_batches[i] for i in order.tolist()]
@@ -142,7 +145,7 @@ def main() -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: bf16 weights and the Triton kernels (the FP8 arm needs an FP8 GPU)")
     p.add_argument("--arms", nargs="+", default=["exact", "exact_order", "fp8"],
-                   choices=["exact", "exact_order", "fp8"])
+                   choices=["exact", "exact_order", "fp8", "fp8_grad_w"])
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
@@ -177,12 +180,13 @@ def run_seed(seed: int, args: argparse.Namespace, train_stream: torch.Tensor, he
 
 def print_table(seed: int, curves: dict, args: argparse.Namespace) -> None:
     print(f"\nseed {seed}: held-out loss ({args.eval_batches} x {args.batch_size} x {args.seq_len} tokens)")
-    others = [arm for arm in args.arms if arm != "exact" and "exact" in curves]
+    base = "exact" if "exact" in curves else args.arms[0]  # each other arm's difference is taken from it
+    others = [arm for arm in args.arms if arm != base]
     print(f"{'step':>6} " + " ".join(f"{arm:>12}" for arm in args.arms)
-          + "".join(f" {arm + '-exact':>18}" for arm in others))
+          + "".join(f" {arm + '-' + base:>18}" for arm in others))
     for i, (step, _) in enumerate(curves[args.arms[0]]):
         row = [curves[arm][i][1] for arm in args.arms]
-        diffs = [(curves[arm][i][1] - curves["exact"][i][1]) / curves["exact"][i][1] for arm in others]
+        diffs = [(curves[arm][i][1] - curves[base][i][1]) / curves[base][i][1] for arm in others]
         print(f"{step:6d} " + " ".join(f"{v:12.4f}" for v in row) + "".join(f" {d:+18.2%}" for d in diffs))
 
 

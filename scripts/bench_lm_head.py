@@ -11,8 +11,11 @@ and the two gradient GEMMs rescale those values in their mainloop (``scaled_exp_
 bf16 only). This times, per micro-batch of ``--batch`` x ``--seq-len`` tokens, medians of
 ``triton.testing.do_bench``:
 
-* ``ours_fp8``: ``model.kernels.linear_ce.triton_impl_fp8`` compiled, what ``sigma`` runs
-  (``--fp8-lm-head auto``): FP8 logits and input gradient, bf16 weight gradient;
+* ``ours_fp8_grad_w``: ``model.kernels.linear_ce.triton_impl_fp8_grad_w`` compiled, what ``sigma`` runs
+  (``--fp8-lm-head auto``, since session 23): all three matmuls in FP8, the weight gradient's from a
+  transposed copy of the e5m2 gradient;
+* ``ours_fp8``: ``triton_impl_fp8`` compiled: FP8 logits and input gradient, bf16 weight gradient (the FP8
+  head before session 23; ``bench_train.py``'s ``sigma_fp8_bf16_grad_w``);
 * ``ours_bf16``: ``triton_impl``, the same chunks with bf16 matmuls (``--fp8-lm-head off``);
 * ``quack_scaled_exp``: ``quack.linear_cross_entropy.scaled_exp_linear_cross_entropy``;
 * ``quack_chunked``: ``quack.linear_cross_entropy.chunked_linear_cross_entropy`` without the scaled-exp
@@ -41,16 +44,16 @@ from bench_kernels import make_runner, rel_error  # noqa: E402
 from model.config import PRESETS  # noqa: E402
 from model.decoder import IGNORE_INDEX, linear_cross_entropy_reference  # noqa: E402
 
-VARIANTS = ("ours_fp8", "ours_bf16", "quack_scaled_exp", "quack_chunked")
+VARIANTS = ("ours_fp8_grad_w", "ours_fp8", "ours_bf16", "quack_scaled_exp", "quack_chunked")
+OURS = {"ours_fp8": "triton_impl_fp8", "ours_fp8_grad_w": "triton_impl_fp8_grad_w", "ours_bf16": "triton_impl"}
 
 
 def variant(name: str) -> Callable:
     """``fn(h_ND, weight_VD, targets_N) -> mean loss`` for ``name``."""
-    if name in ("ours_fp8", "ours_bf16"):
+    if name in OURS:
         from model.kernels import linear_ce
 
-        fn = linear_ce.triton_impl_fp8 if name == "ours_fp8" else linear_ce.triton_impl
-        return torch.compile(fn, dynamic=False)  # as the model runs it: the FP8 casts fused into their producers
+        return torch.compile(getattr(linear_ce, OURS[name]), dynamic=False)  # as the model runs it: the FP8 casts fused into their producers
     from quack import linear_cross_entropy as lce
 
     if name == "quack_scaled_exp":

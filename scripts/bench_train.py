@@ -16,6 +16,9 @@ step, and random tokens already on the GPU (no data cost), it times:
 * ``sigma_flip``  ``sigma`` with the kernel choice of the ops in ``--flip-ops`` reversed (Triton <-> the
                  compiled reference): the in-step A/B that decides what ``--kernels auto`` picks.
 * ``sigma_fp8``   ``sigma`` with the fused linear + CE's FP8 matmuls (the trainer's ``--fp8-lm-head on``).
+* ``sigma_fp8_bf16_grad_w`` ``sigma_fp8`` with the head's weight gradient a bf16 matmul
+                 (``linear_ce.triton_impl_fp8``, the FP8 head before session 23): the A/B of the FP8 weight
+                 gradient. No trainer flag.
 * ``sigma_bf16_head`` ``sigma`` with the LM head in bf16 (``--fp8-lm-head off``).
 * ``sigma_fp8_linears`` ``sigma`` with every block linear in FP8 through torchao's float8 training
                  (``convert_to_float8_training``, recipe ``--fp8-linears-recipe``): the experiment of
@@ -27,7 +30,7 @@ step, and random tokens already on the GPU (no data cost), it times:
                  follows ``--flash-attention`` (default ``auto``: FlashAttention 4 on compute capability 9.0).
                  The in-step A/B behind that default.
 
-Without ``--contenders`` it times the first four; the last six are A/B contenders, named when wanted.
+Without ``--contenders`` it times the first four; the last seven are A/B contenders, named when wanted.
 
 ``sigma``, ``sigma_adamw`` and ``sigma_flip`` decide the FP8 LM head as the trainer does (``--fp8-lm-head``,
 default ``auto``: on where the fused linear + CE runs on FP8 tensor cores), and the fused MLP likewise
@@ -88,7 +91,8 @@ from model.hf_compat import config_to_hf  # noqa: E402
 from training.metrics import ResourceSampler  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
-CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head",
+CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_fp8_bf16_grad_w",
+              "sigma_bf16_head",
               "sigma_fp8_linears", "sigma_unfused_mlp", "sigma_sdpa")
 # What a plain run times: the two baselines, our stack, and the same model with fused AdamW. Each contender
 # compiles for up to a minute on an H100, so the A/B ones (flip, FP8 / bf16 head) are named when wanted.
@@ -162,10 +166,10 @@ class PlainLM(nn.Module):
 # ---------------------------------------------------------------------------- contenders
 
 
-SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_bf16_head", "sigma_fp8_linears",
-                "sigma_unfused_mlp", "sigma_sdpa")
+SIGMA_FAMILY = ("sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_fp8_bf16_grad_w", "sigma_bf16_head",
+                "sigma_fp8_linears", "sigma_unfused_mlp", "sigma_sdpa")
 FP8_LINEARS_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")  # torchao's Float8LinearRecipeName values
-FP8_HEAD_FORCED = {"sigma_fp8": "on", "sigma_bf16_head": "off"}  # the others follow --fp8-lm-head
+FP8_HEAD_FORCED = {"sigma_fp8": "on", "sigma_fp8_bf16_grad_w": "on", "sigma_bf16_head": "off"}  # others: --fp8-lm-head
 FUSED_MLP_FORCED = {"sigma_unfused_mlp": "off"}  # the others follow --fused-mlp
 FLASH_ATTENTION_FORCED = {"sigma_sdpa": "off"}  # the others follow --flash-attention
 
@@ -235,7 +239,8 @@ def build(
         p.data = p.data.to(param_dtype)
     if start is not None:
         model.load_state_dict(start)
-    choices = {"sigma_flip": flipped_choices, "sigma_fp8": fp8_choices}.get(name, kernel_choices)(args, device)
+    choices = {"sigma_flip": flipped_choices, "sigma_fp8": fp8_choices,
+               "sigma_fp8_bf16_grad_w": fp8_choices}.get(name, kernel_choices)(args, device)
     fp8_head = kernels.fp8_lm_head_wanted(FP8_HEAD_FORCED.get(name, args.fp8_lm_head), model, choices)
     fused_mlp, note = kernels.fused_mlp_wanted(FUSED_MLP_FORCED.get(name, args.fused_mlp), model)
     if note:
@@ -246,6 +251,10 @@ def build(
         print(f"{name}: {note}", flush=True)
     kernels.apply_to_model(model, choices, fp8_lm_head=fp8_head, fused_mlp=fused_mlp,
                            flash_attention=flash_attention)
+    if name == "sigma_fp8_bf16_grad_w":
+        from model.kernels import linear_ce
+
+        model.use_kernels(linear_ce=linear_ce.triton_impl_fp8)
     if name == "sigma_fp8_linears":
         n = fp8_block_linears(model, args.fp8_linears_recipe)
         print(f"sigma_fp8_linears: {n} block linears in FP8 (torchao, recipe {args.fp8_linears_recipe})", flush=True)
@@ -323,7 +332,7 @@ def fp8_choices(args: argparse.Namespace, device: torch.device) -> dict[str, str
 def check_kernels_can_run(args: argparse.Namespace, device: torch.device) -> None:
     """Exit with the reason and the fix if a contender would run a Triton kernel where none can run.
 
-    ``--triton-ops``, ``sigma_flip`` and ``sigma_fp8`` choose Triton kernels without ``kernels.resolve``'s checks; on
+    ``--triton-ops``, ``sigma_flip`` and the ``sigma_fp8`` pair choose Triton kernels without ``kernels.resolve``'s checks; on
     the CPU they need ``TRITON_INTERPRET=1`` and ``--compile off``.
     """
     try:
@@ -332,8 +341,9 @@ def check_kernels_can_run(args: argparse.Namespace, device: torch.device) -> Non
         raise SystemExit(str(e)) from None
     if "sigma_flip" in args.contenders:
         sets["sigma_flip"] = (flipped_choices(args, device), "leave sigma_flip out of --contenders")
-    if "sigma_fp8" in args.contenders:
-        sets["sigma_fp8"] = (fp8_choices(args, device), "leave sigma_fp8 out of --contenders")
+    for name in ("sigma_fp8", "sigma_fp8_bf16_grad_w"):
+        if name in args.contenders:
+            sets[name] = (fp8_choices(args, device), f"leave {name} out of --contenders")
     if "sigma_fp8_linears" in args.contenders:  # the CPU runs it (slowly, tensorwise only), as a smoke check
         if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
             raise SystemExit("sigma_fp8_linears runs its block linears on FP8 tensor cores, which need compute "

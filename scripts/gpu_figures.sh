@@ -53,8 +53,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_grad_w_quality|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_grad_w_quality|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -148,6 +148,12 @@ case $part in
             --seq-len 1024 --batch-size 16 --steps 600 --warmup 30 --eval-every 100 --eval-batches 32 \
             --seed 1337 2024 --arms exact fp8 --json "$out/fp8_head_quality_124m_mixed.json"
         ;;
+    fp8_grad_w_quality)  # fp8_quality_mixed's runs, the FP8 head against the same with its weight gradient in FP8
+        bench fp8_grad_w_quality_124m_mixed 575 python3 scripts/bench_fp8_head_quality.py \
+            --data runs/corpus_mixed.jsonl.gz --chars 100000000 --device cuda --preset 124m --vocab-size 32768 \
+            --seq-len 1024 --batch-size 16 --steps 600 --warmup 30 --eval-every 100 --eval-batches 32 \
+            --seed 1337 2024 --arms fp8 fp8_grad_w --json "$out/fp8_grad_w_quality_124m_mixed.json"
+        ;;
     fp8_quality)  # same seed, data and schedule; only --fp8-lm-head differs. Losses side by side at the end.
         job=(@train_sigma_args.txt --model-preset 124m --steps 300 --seq-len 2048 --batch-size 32 --grad-accum 1
              --log-every 10 --eval-every 100 --eval-batches 8 --sample-every 0 --warmup-steps 30
@@ -194,7 +200,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -303,6 +309,15 @@ case $part in
                 bench bench_lm_head 200 python3 scripts/bench_lm_head.py --presets 124m 350m --json "$out/lm_head.json"
                 bench bench_train_profile 330 python3 scripts/bench_train.py --presets 124m --contenders sigma plain \
                     --steps 8 --repeats 3 --warmup 3 --json "$out/bench_train_profile.json" --profile "$out" ;;
+            fp8_grad_w)  # the LM head's weight gradient in FP8: its GPU tests, the row kernel and transposition, the head
+                # alone, then the 124m step (sigma, since session 23 with it) against the FP8 head with a bf16 one
+                bench gpu_tests_fp8_grad_w 200 python3 -m pytest -q -s tests/test_gpu_kernels_fused.py \
+                    -k "fp8 or transpose or rows_kernel or linear_ce"
+                bench bench_ce_rows_fp8 60 python3 scripts/bench_ce_rows.py --vocabs 32768 --fp8 --json "$out/ce_rows_fp8.json"
+                bench bench_lm_head_fp8_grad_w 150 python3 scripts/bench_lm_head.py --presets 124m 350m \
+                    --variants ours_fp8_grad_w ours_fp8 ours_bf16 --json "$out/lm_head_fp8_grad_w.json"
+                bench bench_train_fp8_grad_w 330 python3 scripts/bench_train.py --presets 124m --contenders sigma \
+                    sigma_fp8_bf16_grad_w --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_grad_w.json" ;;
             fused_cache_test)  # only the compile-cache GPU test (tiny preset, quack's cache in the checkpoint folder)
                 bench gpu_test_compile_cache 300 python3 -m pytest -q tests/test_gpu.py -k compile_cache ;;
             fused_seed_check)  # the MLP alone from a new cache seeded by the trainer's code: compiles, tunes nothing

@@ -72,7 +72,8 @@ def test_shared_weights_start_where_the_first_contender_stopped() -> None:
 
 
 def test_fp8_lm_head_per_contender() -> None:
-    """``sigma`` follows ``--fp8-lm-head`` as the trainer does; ``sigma_fp8`` and ``sigma_bf16_head`` force it."""
+    """``sigma`` follows ``--fp8-lm-head`` as the trainer does; ``sigma_fp8`` (and ``sigma_fp8_bf16_grad_w``, with
+    the head's weight gradient in bf16) and ``sigma_bf16_head`` force it."""
     # Imported here, not at the top of the file: tests/interpret.py says why.
     from model.kernels import linear_ce
 
@@ -80,7 +81,9 @@ def test_fp8_lm_head_per_contender() -> None:
     device = torch.device("cpu")
     assert bench_train.build("sigma", cfg, device, tiny_args()).fp8_lm_head is False  # auto, on the CPU
     fp8 = bench_train.build("sigma_fp8", cfg, device, tiny_args())
-    assert fp8.fp8_lm_head is True and fp8.model.linear_ce is linear_ce.triton_impl_fp8
+    assert fp8.fp8_lm_head is True and fp8.model.linear_ce is linear_ce.triton_impl_fp8_grad_w
+    bf16_grad_w = bench_train.build("sigma_fp8_bf16_grad_w", cfg, device, tiny_args())
+    assert bf16_grad_w.fp8_lm_head is True and bf16_grad_w.model.linear_ce is linear_ce.triton_impl_fp8
     forced_on = tiny_args("--fp8-lm-head", "on")
     assert bench_train.build("sigma_bf16_head", cfg, device, forced_on).fp8_lm_head is False
     with pytest.raises(RuntimeError, match="fused linear \\+ CE kernel"):  # --kernels torch has no fused kernel

@@ -8,6 +8,7 @@ propagation, no host sync, the memory the fused loss saves, and the model under
 
 import copy
 import os
+from functools import partial
 
 import pytest
 import torch
@@ -235,6 +236,39 @@ def test_linear_ce_fp8_within_its_error_bounds(chunk_rows: int | None) -> None:
     with torch.no_grad():
         assert torch.equal(linear_ce.triton_impl_fp8(h, weight, targets, chunk_rows=chunk_rows),
                            linear_ce.triton_impl(h, weight, targets, chunk_rows=chunk_rows))
+
+
+@pytest.mark.parametrize("N, chunk_rows", [(8192, None), (8192, 1024), (8192 + 16 * 37, 1024)],
+                         ids=["one_group", "groups", "short_last_group"])
+def test_linear_ce_fp8_grad_w_within_its_error_bounds(N: int, chunk_rows: int | None, monkeypatch) -> None:
+    """All three matmuls in FP8 (``triton_impl_fp8_grad_w``) on bf16 inputs against fp64 maths: the loss and
+    grad_h are ``triton_impl_fp8``'s bit for bit, grad_W within 5%; and against ``reference_fp8``'s arithmetic
+    (fp32 matmuls of the same fp8 values) to accumulation order. Groups of 2 chunks in the last two cases."""
+    monkeypatch.setattr(linear_ce, "_GRAD_W_GROUP_ELEMENTS", 32768 * 2048)
+    h, weight, targets = ce_inputs(N, 768, 32768, torch.bfloat16)
+    ours = loss_and_grads(linear_ce.triton_impl_fp8_grad_w, h, weight, targets, chunk_rows=chunk_rows)
+    fp8 = loss_and_grads(linear_ce.triton_impl_fp8, h, weight, targets, chunk_rows=chunk_rows)
+    emulated = loss_and_grads(partial(linear_ce.reference_fp8, fp8_grad_w=True), h, weight, targets)
+    h64 = h.detach().double().requires_grad_()
+    w64 = weight.detach().double().requires_grad_()
+    truth = loss_and_grads(linear_ce.reference, h64, w64, targets)
+    errors = {"grad_w": (rel_err(ours[2], truth[2]), rel_err(fp8[2], truth[2])),
+              "grad_w_vs_emulated": rel_err(ours[2], emulated[2])}
+    print("fp8 grad_W vs bf16 grad_W, relative errors against fp64:", errors)
+    assert torch.equal(ours[0], fp8[0]) and torch.equal(ours[1], fp8[1])
+    assert ours[2].dtype == torch.bfloat16
+    assert errors["grad_w"][0] < 5e-2 and errors["grad_w_vs_emulated"] < 1e-2, errors
+    assert errors["grad_w"][0] > errors["grad_w"][1], errors  # it is the FP8 path
+
+
+def test_transpose_fp8_matches_torch() -> None:
+    """The row kernel's e5m2 chunk into a column slice of the (V, rows) buffer, as the FP8 grad_W fills it."""
+    src = torch.randint(0, 256, (4096, 32768), dtype=torch.uint8, device=CUDA).view(torch.float8_e5m2)
+    dst = torch.zeros((32768, 3 * 4096), dtype=torch.uint8, device=CUDA).view(torch.float8_e5m2)
+    linear_ce.transpose_fp8(src, dst[:, 4096:8192])
+    want = torch.zeros((32768, 3 * 4096), dtype=torch.uint8, device=CUDA)
+    want[:, 4096:8192] = src.view(torch.uint8).t()
+    assert torch.equal(dst.view(torch.uint8), want)
 
 
 @triton.jit

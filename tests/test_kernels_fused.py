@@ -312,18 +312,21 @@ from model.kernels import linear_ce as lc
 from tests.sm90 import ptx_and_ptxas
 
 out = {}
-# The benchmarks' vocabulary (one pass) and Qwen's (two passes); each without and with the fp8 copy.
-for vocab, grad8_scale in itertools.product((32768, 151936), (0.0, lc.GRAD8_SCALE)):
+# The benchmarks' vocabulary (one pass) and Qwen's (two passes); each without and with the fp8 copy, and with
+# the fp8 copy alone (keep_logits, as the FP8 weight gradient runs it).
+cases = [(v, g, True) for v, g in itertools.product((32768, 151936), (0.0, lc.GRAD8_SCALE))]
+for vocab, grad8_scale, write_bf16 in cases + [(32768, lc.GRAD8_SCALE, False)]:
     one_pass = vocab <= lc._ONE_PASS_MAX_V
     block = triton.next_power_of_2(vocab) if one_pass else lc._BLOCK_V
     ce = dict(V=vocab, WRITE_GRAD=True, BLOCK_V=block, ONE_PASS=one_pass, GRAD8_SCALE=grad8_scale,
-              GRAD8_CVT=bool(grad8_scale))  # the GPU's conversion instruction, as a CUDA launch picks
+              GRAD8_CVT=bool(grad8_scale),  # the GPU's conversion instruction, as a CUDA launch picks
+              WRITE_BF16=write_bf16)
     signature = {"logits_ptr": "*bf16", "stride_row": "i32", "targets_ptr": "*i64", "loss_ptr": "*fp32",
                  "n_valid_ptr": "*i64", "ignore_index": "i32", "grad8_ptr": "*u8" if grad8_scale else "*fp32"}
     signature |= dict.fromkeys(ce, "constexpr")
     aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 6)}  # as the JIT sees real launches
     warps = lc._ONE_PASS_WARPS if one_pass else lc._TWO_PASS_WARPS
-    out[f"V={vocab} fp8={bool(grad8_scale)}"] = ptx_and_ptxas(lc._cross_entropy_rows_kernel, signature, ce,
+    out[f"V={vocab} fp8={bool(grad8_scale)}" + ("" if write_bf16 else " fp8 only")] = ptx_and_ptxas(lc._cross_entropy_rows_kernel, signature, ce,
                                                                aligned, warps)
 print(json.dumps(out))
 """
@@ -334,11 +337,12 @@ def test_rows_kernel_compiles_for_the_h100_without_spilling() -> None:
     spilling them to local memory would quietly cost more than the second read it saves. Built for
     sm_90 by Triton's bundled ptxas, here on the CPU, at the launches ``cross_entropy_rows`` makes."""
     built = build_for_h100(ROWS_SM90_COMPILE)
-    assert len(built) == 4
+    assert len(built) == 5
     for launch, kernel in built.items():
         assert "0 bytes spill stores, 0 bytes spill loads" in kernel["ptxas"], (launch, kernel["ptxas"])
-        # 16-byte accesses: the row is read and written in 8-value vectors.
-        assert "ld.global.v4" in kernel["ptx"] and "st.global.v4" in kernel["ptx"], launch
+        # 16-byte accesses: the row is read and written in 8-value vectors (not written with the fp8 copy only).
+        assert "ld.global.v4" in kernel["ptx"], launch
+        assert ("st.global.v4" in kernel["ptx"]) == ("fp8 only" not in launch), launch
         if "fp8=True" in launch:  # and its fp8 copy in 8-byte vectors, rounded by the hardware conversion
             assert "st.global.v2.b32" in kernel["ptx"], launch
             assert "cvt.rn.satfinite.e5m2x2.f32" in kernel["ptx"], launch
@@ -393,6 +397,62 @@ def test_linear_ce_fp8_computes_what_it_says(row_path) -> None:
     assert 1e-5 < rel_err(loss, loss_ref) < 1e-2
     assert 1e-3 < rel_err(grad_h, grad_h_ref) < 0.1
     assert 1e-4 < rel_err(grad_w, grad_w_ref) < 0.05
+
+
+@pytest.mark.parametrize("N, group_chunks", [(48, 2), (48, 8), (40, 2)],
+                         ids=["groups_and_a_short_last_one", "one_group", "rows_not_a_multiple_of_16"])
+def test_linear_ce_fp8_grad_w_computes_what_it_says(N: int, group_chunks: int, row_path, monkeypatch) -> None:
+    """``triton_impl_fp8_grad_w`` against ``reference_fp8(fp8_grad_w=True)``: grad_W from the e5m2 gradient and
+    h's e4m3 copy, gathered over groups of chunks (two chunks a group here, so 48 rows make a full group and a
+    half one). The loss and grad_h are exactly ``triton_impl_fp8``'s. Rows that are not a multiple of 16 fall
+    back to the bf16 grad_W, i.e. exactly ``triton_impl_fp8``."""
+    h, weight, targets = ce_inputs(N=N, D=32, V=200)
+    targets[::7] = IGNORE_INDEX
+    monkeypatch.setattr(linear_ce, "_GRAD_W_GROUP_ELEMENTS", 200 * 16 * group_chunks)
+    loss, grad_h, grad_w = loss_and_grads(linear_ce.triton_impl_fp8_grad_w, h, weight, targets, chunk_rows=16)
+    loss8, grad_h8, grad_w8 = loss_and_grads(linear_ce.triton_impl_fp8, h, weight, targets, chunk_rows=16)
+    assert torch.equal(loss, loss8) and torch.equal(grad_h, grad_h8)
+    if N % 16:
+        assert torch.equal(grad_w, grad_w8)
+        return
+    _, _, grad_w_em = loss_and_grads(partial(linear_ce.reference_fp8, fp8_grad_w=True), h, weight, targets)
+    assert rel_err(grad_w, grad_w_em) < 1e-5
+    _, _, grad_w_ref = loss_and_grads(linear_ce.reference, h, weight, targets)
+    assert rel_err(grad_w8, grad_w_ref) < rel_err(grad_w, grad_w_ref) < 0.1  # e5m2 x e4m3 is further off
+
+
+def test_transpose_fp8_into_a_column_slice() -> None:
+    """``dst[:, a:b] = src.t()`` with ragged tiles on both sides, the rest of ``dst`` untouched; bad layouts refused."""
+    generator = torch.Generator().manual_seed(5)
+    src = torch.randint(0, 256, (37, 70), dtype=torch.uint8, generator=generator).view(E5M2)
+    dst = torch.zeros((70, 50), dtype=torch.uint8).view(E5M2)
+    linear_ce.transpose_fp8(src, dst[:, 5:42], block_r=16, block_c=32, num_warps=1)
+    want = torch.zeros((70, 50), dtype=torch.uint8)
+    want[:, 5:42] = src.view(torch.uint8).t()
+    assert torch.equal(dst.view(torch.uint8), want)
+    with pytest.raises(ValueError, match="transpose_fp8"):
+        linear_ce.transpose_fp8(src, dst[:, 5:42].t().contiguous().t())  # columns of dst not contiguous
+    with pytest.raises(ValueError, match="transpose_fp8"):
+        linear_ce.transpose_fp8(src, dst[:, :36])
+
+
+def test_rows_kernel_can_write_only_the_fp8_copy() -> None:
+    """``keep_logits``: the same e5m2 copy and losses, the logits left as they were; it needs the copy."""
+    generator = torch.Generator().manual_seed(6)
+    logits = 4 * torch.randn(6, 300, generator=generator)
+    targets = torch.randint(0, 300, (6,), generator=generator)
+    n_valid = (targets != IGNORE_INDEX).sum()
+    outs = []
+    for keep in (False, True):
+        work, loss, grad8 = logits.clone(), torch.empty(6), torch.empty(6, 300, dtype=E5M2)
+        linear_ce.cross_entropy_rows(work, targets, loss, n_valid, write_grad=True, grad8_CV=grad8, keep_logits=keep,
+                                     num_warps=4)
+        outs.append((work, loss, grad8.view(torch.uint8)))
+    assert torch.equal(outs[1][0], logits) and not torch.equal(outs[0][0], logits)
+    assert torch.equal(outs[0][1], outs[1][1]) and torch.equal(outs[0][2], outs[1][2])
+    with pytest.raises(ValueError, match="keep_logits"):
+        linear_ce.cross_entropy_rows(logits.clone(), targets, torch.empty(6), n_valid, write_grad=True,
+                                     keep_logits=True)
 
 
 @triton.jit
@@ -486,7 +546,7 @@ def test_fp8_lm_head_needs_the_fused_kernel_and_trains() -> None:
     with pytest.raises(RuntimeError, match="multiples of 16; this model has 97 and 32"):
         kernels.apply_to_model(SigmaLM(ModelConfig(vocab_size=97, **dims)), with_kernel, fp8_lm_head=True)
     kernels.apply_to_model(model, with_kernel, fp8_lm_head=True)
-    assert model.linear_ce is linear_ce.triton_impl_fp8
+    assert model.linear_ce is linear_ce.triton_impl_fp8_grad_w  # all three of the head's matmuls in FP8
     idx, targets = torch.randint(0, 96, (4, 16)), torch.randint(0, 96, (4, 16))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []

@@ -275,7 +275,7 @@ def apply_to_model(model: torch.nn.Module, choices: dict[str, str], *, fp8_lm_he
         problem = fp8_lm_head_problem(model, choices)
         if problem:
             raise RuntimeError(problem)
-        chosen["linear_ce"] = importlib.import_module("model.kernels.linear_ce").triton_impl_fp8
+        chosen["linear_ce"] = importlib.import_module("model.kernels.linear_ce").triton_impl_fp8_grad_w
     if fused_mlp:
         chosen["swiglu_mlp"] = importlib.import_module("model.kernels.swiglu_mlp").quack_mlp(tuned=True)
     if flash_attention:

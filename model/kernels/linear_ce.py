@@ -12,6 +12,10 @@ backward is done during the forward, so only one ``(C, V)`` buffer in the weight
     grad_h_C   = dlogits_CV @ W                               cuBLAS
     grad_W    += dlogits_CV.T @ h_C                           cuBLAS, accumulated in fp32
 
+With the FP8 head (:func:`triton_impl_fp8`, :func:`triton_impl_fp8_grad_w`) the logits and ``grad_h`` are FP8
+matmuls, the kernel also writes an e5m2 copy of the gradient, and ``grad_W`` is either the bf16 matmul above or
+an FP8 one over groups of chunks from a transposed copy (see :func:`_linear_cross_entropy`).
+
 The loss's backward then only scales the saved ``grad_h``/``grad_W`` by the incoming gradient (the
 loss is a scalar, so that is exact). ``n_valid`` stays a device tensor: no host sync anywhere.
 
@@ -37,7 +41,7 @@ import triton.language as tl
 
 from model.config import PRESETS
 from model.decoder import IGNORE_INDEX, linear_cross_entropy_reference
-from model.fp8 import E4M3, E5M2, fp8_supported, quantise_tensorwise
+from model.fp8 import E4M3, E5M2, FP8_DIM_MULTIPLE, fp8_supported, quantise_tensorwise
 
 reference = linear_cross_entropy_reference
 
@@ -45,6 +49,10 @@ reference = linear_cross_entropy_reference
 # The chunk's three matmuls then have M or K >= 4096 (cuBLAS near peak), and the fp32 read-modify-write
 # of grad_W that each chunk costs (V x D x 8 bytes) stays small next to its 6 x C x V x D flops.
 _CHUNK_ELEMENTS = 1 << 27
+# Bytes of the transposed e5m2 gradient that FP8 grad_W gathers before each of its matmuls (1 GiB: 8 chunks at a
+# 32768 vocabulary, so K = 32768 rows): long enough a K for the matmul to run near peak, and the fp32
+# read-modify-write of grad_W (V x D x 8 bytes) once a group instead of once a chunk.
+_GRAD_W_GROUP_ELEMENTS = 1 << 30
 # Vocabulary columns per step of the two-pass row kernel, and its warps: 16 values a thread.
 _BLOCK_V = 4096
 _TWO_PASS_WARPS = 8
@@ -119,13 +127,16 @@ def _grad8_bits(x, CVT: tl.constexpr):
 @triton.jit
 def _cross_entropy_rows_kernel(logits_ptr, stride_row, targets_ptr, loss_ptr, n_valid_ptr, ignore_index,
                                grad8_ptr, V: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
-                               ONE_PASS: tl.constexpr, GRAD8_SCALE: tl.constexpr, GRAD8_CVT: tl.constexpr):
+                               ONE_PASS: tl.constexpr, GRAD8_SCALE: tl.constexpr, GRAD8_CVT: tl.constexpr,
+                               WRITE_BF16: tl.constexpr):
     """One program per row: loss = logsumexp(row) - row[target]; optionally row <- dloss/drow.
 
     With ``GRAD8_SCALE`` non-zero the gradient also goes, as ``(softmax - onehot) * GRAD8_SCALE``
     (without the 1/n_valid, which the caller folds into the matmul's scale), to the contiguous e5m2 rows
     at ``grad8_ptr`` (a uint8 view); 0 for ignored rows. ``GRAD8_CVT`` rounds it with the GPU's conversion
-    instruction (:func:`_e5m2_bits_cvt`), otherwise in integer arithmetic (:func:`_e5m2_bits`).
+    instruction (:func:`_e5m2_bits_cvt`), otherwise in integer arithmetic (:func:`_e5m2_bits`). Without
+    ``WRITE_BF16`` only that copy is written and the logits are left as they are (all three of the head's
+    matmuls then read the copy): the same e5m2 values, a third less traffic.
 
     ``V`` is a compile-time constant (one compilation per vocabulary): the loops' trip counts are then
     fixed, which the CPU interpreter needs. The kernel is bandwidth-bound. With ``ONE_PASS``
@@ -169,7 +180,8 @@ def _cross_entropy_rows_kernel(logits_ptr, stride_row, targets_ptr, loss_ptr, n_
         grad8_row_ptr = grad8_ptr + row * V
         if ONE_PASS:  # the row is still in registers (e, cols, col_ok from the first branch)
             grad = ((e * (1.0 / s) - (cols == target).to(tl.float32)) * scale).to(logits_ptr.dtype.element_ty)
-            tl.store(row_ptr + cols, grad, mask=col_ok)
+            if WRITE_BF16:
+                tl.store(row_ptr + cols, grad, mask=col_ok)
             if GRAD8_SCALE != 0.0:
                 # Contiguity claimed no wider than the bf16 row's 16-byte (8-value) accesses, so that this
                 # store keeps their register layout rather than converting all 64 values a thread to another.
@@ -181,7 +193,8 @@ def _cross_entropy_rows_kernel(logits_ptr, stride_row, targets_ptr, loss_ptr, n_
                 col_ok = cols < V
                 x = tl.load(row_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
                 grad = ((tl.exp(x - lse) - (cols == target).to(tl.float32)) * scale).to(logits_ptr.dtype.element_ty)
-                tl.store(row_ptr + cols, grad, mask=col_ok)
+                if WRITE_BF16:
+                    tl.store(row_ptr + cols, grad, mask=col_ok)
                 if GRAD8_SCALE != 0.0:
                     tl.store(grad8_row_ptr + tl.max_contiguous(cols, 8),  # as in the one-pass branch
                              _grad8_bits(grad.to(tl.float32) * ratio8, GRAD8_CVT), mask=col_ok)
@@ -195,11 +208,12 @@ def _gpu_cvt(t: torch.Tensor) -> bool:
 
 def cross_entropy_rows(logits_CV: torch.Tensor, targets_C: torch.Tensor, loss_C: torch.Tensor,
                        n_valid: torch.Tensor, *, write_grad: bool, grad8_CV: torch.Tensor | None = None,
-                       one_pass: bool | None = None, num_warps: int | None = None) -> None:
+                       keep_logits: bool = False, one_pass: bool | None = None, num_warps: int | None = None) -> None:
     """Launch :func:`_cross_entropy_rows_kernel` over the rows of ``logits_CV`` (contiguous rows).
 
     ``grad8_CV`` (contiguous, e5m2, the shape of ``logits_CV``; needs ``write_grad``) also receives the
-    gradient times ``n_valid * GRAD8_SCALE``. ``one_pass`` and ``num_warps`` default to what
+    gradient times ``n_valid * GRAD8_SCALE``; with ``keep_logits`` it is the only gradient written and
+    ``logits_CV`` is left unchanged. ``one_pass`` and ``num_warps`` default to what
     ``scripts/bench_ce_rows.py`` measured fastest on the H100; the benchmark passes them to compare.
     """
     C, V = logits_CV.shape
@@ -211,12 +225,54 @@ def cross_entropy_rows(logits_CV: torch.Tensor, targets_C: torch.Tensor, loss_C:
     if grad8_CV is not None and not (write_grad and grad8_CV.shape == logits_CV.shape and grad8_CV.is_contiguous()
                                      and grad8_CV.dtype == E5M2):
         raise ValueError("grad8_CV must be contiguous float8_e5m2 shaped like logits_CV, and needs write_grad")
+    if keep_logits and grad8_CV is None:
+        raise ValueError("keep_logits writes the gradient to grad8_CV only: pass grad8_CV")
     _cross_entropy_rows_kernel[(C,)](
         logits_CV, logits_CV.stride(0), targets_C, loss_C, n_valid, IGNORE_INDEX,
         loss_C if grad8_CV is None else grad8_CV.view(torch.uint8),  # unused when there is no fp8 copy
         V=V, WRITE_GRAD=write_grad, BLOCK_V=block_v, ONE_PASS=one_pass,
         GRAD8_SCALE=0.0 if grad8_CV is None else GRAD8_SCALE, GRAD8_CVT=grad8_CV is not None and _gpu_cvt(logits_CV),
-        num_warps=num_warps,
+        WRITE_BF16=not keep_logits, num_warps=num_warps,
+    )
+
+
+@triton.jit
+def _transpose_bytes_kernel(src_ptr, dst_ptr, R, C, dst_stride, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``dst[c, r] = src[r, c]`` for the contiguous (R, C) bytes at ``src_ptr``; rows of dst ``dst_stride`` apart.
+
+    One (BLOCK_R, BLOCK_C) tile a program, read along src's rows and written along dst's, so that both sides
+    move whole runs of bytes (Triton stages the transposition through shared memory).
+    """
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask = (rows[:, None] < R) & (cols[None, :] < C)
+    tile = tl.load(src_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask)
+    tl.store(dst_ptr + cols[None, :].to(tl.int64) * dst_stride + rows[:, None], tile, mask=mask)
+
+
+# The transposition's tile (rows x columns of the source) and warps: on an H200, a 4096 x 32768 chunk into a
+# column slice of the (V, 8 chunks) buffer took 77.3 us (3.47 TB/s counting one read and one write) at 128 x 128
+# and 8 warps, 80.0-84.0 us at the five other tiles tried, and 788.5 us by torch's strided copy_
+# (scripts/bench_ce_rows.py --fp8; docs/benchmarks/2026-11-28_issue7_session23/).
+_TRANSPOSE_BLOCK_R = 128
+_TRANSPOSE_BLOCK_C = 128
+_TRANSPOSE_WARPS = 8
+
+
+def transpose_fp8(src_CV: torch.Tensor, dst_VC: torch.Tensor, *, block_r: int | None = None,
+                  block_c: int | None = None, num_warps: int | None = None) -> None:
+    """``dst_VC.copy_(src_CV.t())`` for a contiguous fp8 ``src_CV`` and an fp8 ``dst_VC`` whose last dim is
+    contiguous (a column slice of a wider buffer is fine). The tile arguments are for the benchmark."""
+    C, V = src_CV.shape
+    if dst_VC.shape != (V, C) or dst_VC.stride(1) != 1 or not src_CV.is_contiguous() or src_CV.element_size() != 1 \
+            or dst_VC.element_size() != 1:
+        raise ValueError(f"transpose_fp8 needs a contiguous one-byte (C, V) source and a (V, C) destination with "
+                         f"contiguous rows; got {tuple(src_CV.shape)} -> {tuple(dst_VC.shape)}, strides "
+                         f"{dst_VC.stride()}")
+    block_r, block_c = block_r or _TRANSPOSE_BLOCK_R, block_c or _TRANSPOSE_BLOCK_C
+    _transpose_bytes_kernel[(triton.cdiv(V, block_c), triton.cdiv(C, block_r))](
+        src_CV.view(torch.uint8), dst_VC.view(torch.uint8), C, V, dst_VC.stride(0),
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps or _TRANSPOSE_WARPS,
     )
 
 
@@ -248,6 +304,7 @@ def _linear_cross_entropy(
     fp8_w_DV: torch.Tensor | None,
     h_inv_scale: torch.Tensor | None,
     w_inv_scale: torch.Tensor | None,
+    fp8_h_DN: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, grad_h, grad_W)``: the mean loss and its gradients for an upstream gradient of 1.
 
@@ -256,7 +313,11 @@ def _linear_cross_entropy(
     the cuBLAS calls for its own templates, and one dispatch per step costs nothing.
 
     With the ``fp8_*`` operands (e4m3 copies of h and of W in both layouts, with their inverse scales;
-    see :func:`triton_impl`) the logits and ``grad_h`` come from FP8 matmuls; ``grad_W`` stays bf16.
+    see :func:`triton_impl`) the logits and ``grad_h`` come from FP8 matmuls; ``grad_W`` stays bf16 unless
+    ``fp8_h_DN`` (h's e4m3 copy transposed) is given too: then the row kernel writes only the gradient's e5m2
+    copy, :func:`transpose_fp8` turns each chunk of it into a (V, rows) buffer of up to
+    :data:`_GRAD_W_GROUP_ELEMENTS` bytes, and one FP8 matmul a group of chunks (K = its rows) adds into
+    ``grad_W`` in fp32.
     """
     N, D = h_ND.shape
     V = weight_VD.shape[0]
@@ -264,13 +325,21 @@ def _linear_cross_entropy(
     n_valid = (targets_N != IGNORE_INDEX).sum()  # stays on the device: no .item(), no sync
     loss_N = torch.empty(N, dtype=torch.float32, device=h_ND.device)
     grad_h_ND = torch.empty_like(h_ND) if need_grad_h else h_ND.new_empty(0)
-    grad_w_VD = torch.zeros((V, D), dtype=torch.float32, device=h_ND.device) if need_grad_w else None
     rows = min(chunk_rows, N)
     logits_CV = torch.empty((rows, V), dtype=h_ND.dtype, device=h_ND.device)
     fp8 = fp8_h_ND is not None
     grad8_CV = torch.empty((rows, V), dtype=E5M2, device=h_ND.device) if fp8 and need_grad_h else None
     if grad8_CV is not None:
         g_inv_scale = _grad8_inv_scale(n_valid)
+    # _scaled_mm wants K = a group's rows to be a multiple of 16; otherwise grad_W stays bf16.
+    fp8_grad_w = (grad8_CV is not None and need_grad_w and fp8_h_DN is not None and N % FP8_DIM_MULTIPLE == 0
+                  and chunk_rows % FP8_DIM_MULTIPLE == 0)
+    if fp8_grad_w:
+        group_rows = min(N, max(1, _GRAD_W_GROUP_ELEMENTS // (V * chunk_rows)) * chunk_rows)  # whole chunks
+        grad8_VG = torch.empty((V, group_rows), dtype=E5M2, device=h_ND.device)
+        group_start = 0
+    grad_w_VD = torch.zeros((V, D), dtype=torch.float32, device=h_ND.device) if need_grad_w and not fp8_grad_w \
+        else None
     for start in range(0, N, chunk_rows):
         end = min(start + chunk_rows, N)
         h_CD, chunk_CV = h_ND[start:end], logits_CV[: end - start]
@@ -281,13 +350,20 @@ def _linear_cross_entropy(
             torch.mm(h_CD, weight_VD.t(), out=chunk_CV)
         grad8_chunk = None if grad8_CV is None else grad8_CV[: end - start]
         cross_entropy_rows(chunk_CV, targets_N[start:end], loss_N[start:end], n_valid,
-                           write_grad=need_grad_h or need_grad_w, grad8_CV=grad8_chunk)
+                           write_grad=need_grad_h or need_grad_w, grad8_CV=grad8_chunk, keep_logits=fp8_grad_w)
         if grad8_chunk is not None:
             torch._scaled_mm(grad8_chunk, fp8_w_DV.t(), g_inv_scale, w_inv_scale,
                              out_dtype=h_ND.dtype, out=grad_h_ND[start:end])
         elif need_grad_h:
             torch.mm(chunk_CV, weight_VD, out=grad_h_ND[start:end])
-        if need_grad_w:
+        if fp8_grad_w:
+            transpose_fp8(grad8_chunk, grad8_VG[:, start - group_start: end - group_start])
+            if end - group_start == group_rows or end == N:  # the group is full: grad_W += its rows' share
+                share_VD = torch._scaled_mm(grad8_VG[:, : end - group_start], fp8_h_DN[:, group_start:end].t(),
+                                            g_inv_scale, h_inv_scale, out_dtype=torch.float32)
+                grad_w_VD = share_VD if grad_w_VD is None else grad_w_VD.add_(share_VD)
+                group_start = end
+        elif need_grad_w:
             _accumulate_mm(grad_w_VD, chunk_CV.t(), h_CD)
     # An all-ignored batch gives 0/0 = NaN, as the reference does.
     loss = loss_N.sum() / n_valid
@@ -297,7 +373,7 @@ def _linear_cross_entropy(
 
 @_linear_cross_entropy.register_fake
 def _(h_ND, weight_VD, targets_N, chunk_rows, need_grad_h, need_grad_w, fp8_h_ND, fp8_w_VD, fp8_w_DV, h_inv_scale,
-      w_inv_scale):
+      w_inv_scale, fp8_h_DN):
     grad_h = h_ND.new_empty(h_ND.shape) if need_grad_h else h_ND.new_empty(0)
     grad_w = weight_VD.new_empty(weight_VD.shape) if need_grad_w else weight_VD.new_empty(0)
     return h_ND.new_empty((), dtype=torch.float32), grad_h, grad_w
@@ -314,7 +390,7 @@ def _backward(ctx, grad_loss, _grad_grad_h, _grad_grad_w):
     return (
         grad_h * grad_loss if ctx.need_grad_h else None,
         grad_w * grad_loss if ctx.need_grad_w else None,
-        *([None] * 9),
+        *([None] * 10),
     )
 
 
@@ -328,7 +404,7 @@ def default_chunk_rows(vocab_size: int) -> int:
 
 def triton_impl(
     h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor, *, chunk_rows: int | None = None,
-    fp8: bool = False,
+    fp8: bool = False, fp8_grad_w: bool = False,
 ) -> torch.Tensor:
     """Fused linear + cross-entropy, signature of :func:`model.decoder.linear_cross_entropy_reference`.
 
@@ -339,6 +415,7 @@ def triton_impl(
     to e4m3 with one dynamic scale each (plain tensor code, which ``torch.compile`` fuses into the
     producers) and the op computes the logits and ``grad_h`` with FP8 matmuls; ``grad_W`` stays a bf16
     matmul accumulated in fp32. Without ``grad_h`` (evaluation) it computes as without ``fp8``.
+    ``fp8_grad_w`` (with ``fp8``; see :func:`triton_impl_fp8_grad_w`) makes ``grad_W`` an FP8 matmul as well.
     """
     if h_ND.dim() != 2 or weight_VD.dim() != 2 or h_ND.shape[1] != weight_VD.shape[1]:
         raise ValueError(f"linear_ce expects h (N, D) and weight (V, D); got {tuple(h_ND.shape)} and "
@@ -351,11 +428,12 @@ def triton_impl(
                          f"{weight_VD.dtype}; cast h to the weight's dtype (autocast does not reach this op)")
     grad = torch.is_grad_enabled()
     need_grad_h, need_grad_w = grad and h_ND.requires_grad, grad and weight_VD.requires_grad
-    fp8_operands: tuple = (None,) * 5
+    fp8_operands: tuple = (None,) * 6
     if fp8 and need_grad_h:  # FP8 is for training speed; an evaluation (no grad_h) gets the exact loss
         h8_ND, h_inv_scale = quantise_tensorwise(h_ND.detach(), E4M3)
         w8_VD, w_inv_scale = quantise_tensorwise(weight_VD.detach(), E4M3)
-        fp8_operands = (h8_ND, w8_VD, w8_VD.t().contiguous(), h_inv_scale, w_inv_scale)
+        h8_DN = h8_ND.t().contiguous() if fp8_grad_w and need_grad_w else None
+        fp8_operands = (h8_ND, w8_VD, w8_VD.t().contiguous(), h_inv_scale, w_inv_scale, h8_DN)
     loss, _, _ = _linear_cross_entropy(
         h_ND,
         weight_VD,
@@ -369,10 +447,12 @@ def triton_impl(
 
 
 class _ReferenceFp8(torch.autograd.Function):
-    """:func:`triton_impl_fp8`'s arithmetic in plain PyTorch, over the whole (N, V) logits at once."""
+    """:func:`triton_impl_fp8`'s arithmetic in plain PyTorch, over the whole (N, V) logits at once; with
+    ``fp8_grad_w``, :func:`triton_impl_fp8_grad_w`'s."""
 
     @staticmethod
-    def forward(ctx, h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor,
+                fp8_grad_w: bool) -> torch.Tensor:
         h8_ND, h_inv_scale = quantise_tensorwise(h_ND, E4M3)
         w8_VD, w_inv_scale = quantise_tensorwise(weight_VD, E4M3)
         logits_NV = ((h8_ND.float() @ w8_VD.float().t()) * (h_inv_scale * w_inv_scale)).to(h_ND.dtype).float()
@@ -385,24 +465,30 @@ class _ReferenceFp8(torch.autograd.Function):
         grad_logits_NV = (grad_logits_NV * (valid_N[:, None] / n_valid.clamp(min=1))).to(h_ND.dtype).float()
         grad8_NV = (grad_logits_NV * (n_valid * GRAD8_SCALE)).to(E5M2)
         grad_h_ND = ((grad8_NV.float() @ w8_VD.float()) * (_grad8_inv_scale(n_valid) * w_inv_scale)).to(h_ND.dtype)
-        grad_w_VD = (grad_logits_NV.t() @ h_ND.float()).to(weight_VD.dtype)
+        if fp8_grad_w:  # the same e5m2 copy against h's e4m3 one
+            grad_w_VD = ((grad8_NV.float().t() @ h8_ND.float()) * (_grad8_inv_scale(n_valid) * h_inv_scale))
+        else:
+            grad_w_VD = grad_logits_NV.t() @ h_ND.float()
+        grad_w_VD = grad_w_VD.to(weight_VD.dtype)
         ctx.save_for_backward(grad_h_ND, grad_w_VD)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h_ND, grad_w_VD = ctx.saved_tensors
-        return grad_h_ND * grad_loss, grad_w_VD * grad_loss, None
+        return grad_h_ND * grad_loss, grad_w_VD * grad_loss, None, None
 
 
-def reference_fp8(h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
+def reference_fp8(h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor, *,
+                  fp8_grad_w: bool = False) -> torch.Tensor:
     """:func:`triton_impl_fp8` written out in plain PyTorch (it materialises the full logits): e4m3 h and W
     with dynamic scales for the logits, the e5m2 copy of their gradient for grad_h, the exact gradient for
-    grad_W; the exact loss when no gradient is wanted. For the tests, and for fast FP8 runs on the CPU
+    grad_W (``fp8_grad_w``: that e5m2 copy against h's e4m3 one, as :func:`triton_impl_fp8_grad_w`); the
+    exact loss when no gradient is wanted. For the tests, and for fast FP8 runs on the CPU
     (``scripts/bench_fp8_head_quality.py``)."""
     if not (torch.is_grad_enabled() and h_ND.requires_grad):
         return reference(h_ND, weight_VD, targets_N)
-    return _ReferenceFp8.apply(h_ND, weight_VD, targets_N)
+    return _ReferenceFp8.apply(h_ND, weight_VD, targets_N, fp8_grad_w)
 
 
 def triton_impl_fp8(
@@ -418,12 +504,28 @@ def triton_impl_fp8(
     return triton_impl(h_ND, weight_VD, targets_N, chunk_rows=chunk_rows, fp8=True)
 
 
+def triton_impl_fp8_grad_w(
+    h_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor, *, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """:func:`triton_impl_fp8` with ``grad_W`` an FP8 matmul too (e5m2 gradient x e4m3 h): all three of the head's
+    matmuls on FP8 tensor cores.
+
+    FP8 matmuls want their reduction dimension contiguous in both operands, and ``grad_W = dlogits^T @ h``
+    reduces over the rows, so the gradient's e5m2 copy is transposed (:func:`transpose_fp8`, one byte read
+    and one written an element); in exchange the row kernel no longer writes the bf16 gradient (two bytes an
+    element). ``grad_W`` then carries e5m2's rounding of the gradient and e4m3's of h, like ``grad_h``.
+    Falls back to :func:`triton_impl_fp8`'s bf16 ``grad_W`` where the rows or the chunk are not a multiple of 16.
+    """
+    return triton_impl(h_ND, weight_VD, targets_N, chunk_rows=chunk_rows, fp8=True, fp8_grad_w=True)
+
+
 def bench_cases(preset: str) -> list[dict]:
     """Forward+backward at ``preset``'s d_model: N = 32 x 2048 tokens, V = 32768, bf16.
 
     The default chunk and two others, so the benchmark table shows what the chunk size buys, and the
-    default chunk with the FP8 matmuls (:func:`triton_impl_fp8`), compiled as the model would run it
-    so that the quantisation of h and W is fused as it is in training.
+    default chunk with the FP8 matmuls (:func:`triton_impl_fp8`, and :func:`triton_impl_fp8_grad_w`, the
+    FP8 head the trainer runs), compiled as the model would run it so that the quantisation of h and W is
+    fused as it is in training.
     """
     N, D, V = 32 * 2048, PRESETS[preset]["d_model"], 32768
 
@@ -443,6 +545,7 @@ def bench_cases(preset: str) -> list[dict]:
          "triton": with_chunk(rows), "reference": reference, "backward": True}
         for rows in (default, default // 2, default * 2)
     ] + [
-        {"name": f"linear_ce_{preset}_fp8_chunk{default}", "make_inputs": make_inputs,
-         "triton": torch.compile(triton_impl_fp8, dynamic=False), "reference": reference, "backward": True}
+        {"name": f"linear_ce_{preset}_{name}_chunk{default}", "make_inputs": make_inputs,
+         "triton": torch.compile(fn, dynamic=False), "reference": reference, "backward": True}
+        for name, fn in (("fp8", triton_impl_fp8), ("fp8_grad_w", triton_impl_fp8_grad_w))
     ]

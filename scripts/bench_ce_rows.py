@@ -21,6 +21,7 @@ of that copy into a column slice of a (V, 8 chunks) buffer at several tiles, nex
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -35,7 +36,8 @@ from model.kernels import linear_ce  # noqa: E402
 
 def variants(vocab: int) -> list[dict]:
     """The launch settings to compare at ``vocab``; one-pass ones only where the row fits registers."""
-    out = [{"one_pass": False, "num_warps": w} for w in (8, 16)]
+    out = [{"one_pass": False, "num_warps": w, "block_v": b} for b in (1024, 2048, 4096, 8192) for w in (4, 8, 16)
+           if b // (32 * w) >= 4]  # at least 4 values a thread
     if vocab <= linear_ce._ONE_PASS_MAX_V:
         out += [{"one_pass": True, "num_warps": w} for w in (8, 16, 32)]
     return out
@@ -50,6 +52,7 @@ def time_launch(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor,
                                                          **settings), warmup=50, rep=400)
 
 
+FP8_TWO_PASS = ((2048, 4), (4096, 8), (8192, 8))  # (block_v, warps) of the two-pass kernel, timed with --fp8
 TRANSPOSE_TILES = ((64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 8), (32, 256, 8), (256, 32, 8))
 
 
@@ -60,15 +63,17 @@ def fp8_rows(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, n_
     C, V = logits.shape
     grad8 = torch.empty(C, V, dtype=torch.float8_e5m2, device="cuda")
     out = []
-    for keep in (False, True):
+    launches = [{}] + [{"one_pass": False, "block_v": b, "num_warps": w} for b, w in FP8_TWO_PASS]  # {}: the default
+    for keep, launch in itertools.product((False, True), launches):
         work = logits.clone()
-        ms = do_bench(lambda work=work, keep=keep: linear_ce.cross_entropy_rows(
-            work, targets, loss, n_valid, write_grad=True, grad8_CV=grad8, keep_logits=keep), warmup=50, rep=400)
+        ms = do_bench(lambda work=work, keep=keep, launch=launch: linear_ce.cross_entropy_rows(
+            work, targets, loss, n_valid, write_grad=True, grad8_CV=grad8, keep_logits=keep, **launch),
+            warmup=50, rep=400)
         moved = C * V * (2 + 1 + (0 if keep else 2))  # read bf16, write e5m2, write bf16 unless keep_logits
-        out.append({"vocab": V, "rows": C, "case": "rows_fp8_only" if keep else "rows_bf16_and_fp8", "ms": ms,
-                    "GB/s": moved / ms / 1e6})
-        print(f"V={V:>6} rows kernel, {'e5m2 copy only ' if keep else 'bf16 + e5m2 copy'} {ms * 1e3:8.1f} us  "
-              f"{moved / ms / 1e6:7.0f} GB/s", flush=True)
+        out.append({"vocab": V, "rows": C, "case": "rows_fp8_only" if keep else "rows_bf16_and_fp8", **launch,
+                    "ms": ms, "GB/s": moved / ms / 1e6})
+        print(f"V={V:>6} rows kernel, {'e5m2 copy only ' if keep else 'bf16 + e5m2 copy'} {launch or 'default'} "
+              f"{ms * 1e3:8.1f} us  {moved / ms / 1e6:7.0f} GB/s", flush=True)
     buffer = torch.empty(V, 8 * C, dtype=torch.float8_e5m2, device="cuda")
     dst = buffer[:, 3 * C: 4 * C]
     want = grad8.view(torch.uint8).t()
@@ -114,7 +119,8 @@ def main() -> None:
             row = {"vocab": vocab, "rows": args.rows, **v, "ms": ms, "GB/s (1 read + 1 write)": gbps,
                    "loss_rel_err": err}
             rows.append(row)
-            print(f"V={vocab:>6} one_pass={v['one_pass']!s:5} warps={v['num_warps']:>2} {ms * 1e3:8.1f} us  "
+            print(f"V={vocab:>6} one_pass={v['one_pass']!s:5} warps={v['num_warps']:>2} "
+                  f"block_v={v.get('block_v', vocab):>6} {ms * 1e3:8.1f} us  "
                   f"{gbps:7.0f} GB/s  loss rel err {err:.1e}", flush=True)
         print(f"V={vocab}: cross_entropy_rows' default is one_pass={vocab <= linear_ce._ONE_PASS_MAX_V}", flush=True)
         if args.fp8:

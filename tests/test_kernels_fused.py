@@ -421,6 +421,15 @@ def test_linear_ce_fp8_grad_w_computes_what_it_says(N: int, group_chunks: int, r
     assert rel_err(grad_w8, grad_w_ref) < rel_err(grad_w, grad_w_ref) < 0.1  # e5m2 x e4m3 is further off
 
 
+def test_default_chunk_rows_are_multiples_of_16() -> None:
+    """So that the FP8 weight gradient's matmul (K = a group of chunks) takes any vocabulary the FP8 head does."""
+    assert linear_ce.default_chunk_rows(32768) == 4096
+    for vocab in (96, 2400, 50304, 151936):
+        rows = linear_ce.default_chunk_rows(vocab)
+        assert rows % 16 == 0 and rows <= linear_ce._CHUNK_ELEMENTS // vocab < rows + 16, vocab
+    assert linear_ce.default_chunk_rows(linear_ce._CHUNK_ELEMENTS // 3) == 3
+
+
 def test_transpose_fp8_into_a_column_slice() -> None:
     """``dst[:, a:b] = src.t()`` with ragged tiles on both sides, the rest of ``dst`` untouched; bad layouts refused."""
     generator = torch.Generator().manual_seed(5)

@@ -208,18 +208,20 @@ def _gpu_cvt(t: torch.Tensor) -> bool:
 
 def cross_entropy_rows(logits_CV: torch.Tensor, targets_C: torch.Tensor, loss_C: torch.Tensor,
                        n_valid: torch.Tensor, *, write_grad: bool, grad8_CV: torch.Tensor | None = None,
-                       keep_logits: bool = False, one_pass: bool | None = None, num_warps: int | None = None) -> None:
+                       keep_logits: bool = False, one_pass: bool | None = None, num_warps: int | None = None,
+                       block_v: int | None = None) -> None:
     """Launch :func:`_cross_entropy_rows_kernel` over the rows of ``logits_CV`` (contiguous rows).
 
     ``grad8_CV`` (contiguous, e5m2, the shape of ``logits_CV``; needs ``write_grad``) also receives the
     gradient times ``n_valid * GRAD8_SCALE``; with ``keep_logits`` it is the only gradient written and
-    ``logits_CV`` is left unchanged. ``one_pass`` and ``num_warps`` default to what
-    ``scripts/bench_ce_rows.py`` measured fastest on the H100; the benchmark passes them to compare.
+    ``logits_CV`` is left unchanged. ``one_pass``, ``num_warps`` and the two-pass kernel's ``block_v``
+    default to what ``scripts/bench_ce_rows.py`` measured fastest on the H100; the benchmark passes them to
+    compare.
     """
     C, V = logits_CV.shape
     if one_pass is None:
         one_pass = V <= _ONE_PASS_MAX_V
-    block_v = triton.next_power_of_2(V) if one_pass else min(_BLOCK_V, triton.next_power_of_2(V))
+    block_v = triton.next_power_of_2(V) if one_pass else min(block_v or _BLOCK_V, triton.next_power_of_2(V))
     if num_warps is None:
         num_warps = _ONE_PASS_WARPS if one_pass else _TWO_PASS_WARPS
     if grad8_CV is not None and not (write_grad and grad8_CV.shape == logits_CV.shape and grad8_CV.is_contiguous()
@@ -398,8 +400,11 @@ _linear_cross_entropy.register_autograd(_backward, setup_context=_setup_context)
 
 
 def default_chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk: as many as fit :data:`_CHUNK_ELEMENTS` logits (4096 at a 32768 vocabulary)."""
-    return max(1, _CHUNK_ELEMENTS // vocab_size)
+    """Rows per chunk: as many as fit :data:`_CHUNK_ELEMENTS` logits (4096 at a 32768 vocabulary), rounded down
+    to a multiple of 16 where there are that many, so that the FP8 weight gradient's groups of chunks stay
+    multiples of 16 rows, as its matmul needs."""
+    rows = _CHUNK_ELEMENTS // vocab_size
+    return rows - rows % FP8_DIM_MULTIPLE if rows >= FP8_DIM_MULTIPLE else max(1, rows)
 
 
 def triton_impl(

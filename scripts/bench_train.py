@@ -384,7 +384,7 @@ KERNEL_CATEGORIES = (  # first match wins; the profile summary's rows
     ("newton_schulz", ("_gram_kernel", "_gemm_axpy_kernel", "_gemm_axpy_apply_kernel")),
     ("attention", ("sdpa", "fmha", "flash", "attention", "cudnn")),  # before matmul: FlashAttention 4's are CuTe's
     ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
-    ("cross_entropy", ("cross_entropy",)),
+    ("cross_entropy", ("cross_entropy", "_transpose_bytes")),  # the row kernel, and the FP8 grad_W's transposition
     ("memset", ("memset",)),
     ("memcpy", ("memcpy",)),
     ("inductor_triton", ("triton_",)),

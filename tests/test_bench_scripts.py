@@ -261,6 +261,14 @@ def test_kernel_categories_put_every_newton_schulz_kernel_in_its_row() -> None:
     assert bench_train.kernel_category("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN") == "matmul"
 
 
+def test_kernel_categories_put_the_lm_heads_own_kernels_under_cross_entropy() -> None:
+    """The row kernel and the FP8 weight gradient's transposition (names as the session-23 H200 profile printed
+    them); the head's matmuls are matmuls."""
+    for name in ("_cross_entropy_rows_kernel", "_transpose_bytes_kernel"):
+        assert bench_train.kernel_category(name) == "cross_entropy", name
+    assert bench_train.kernel_category("nvjet_sm90_qrsss_128x128_128x6_1x2_h_bz_coopA_algo2_TNT") == "matmul"
+
+
 def test_kernel_categories_tell_flash_attention_from_quack_gemms() -> None:
     """Both are CuTe-DSL kernels named ``kernel_cutlass_...`` (names as a session-22 H200 profile printed them,
     cut short): FlashAttention 4's four kernels are attention, quack's GEMMs matmuls."""

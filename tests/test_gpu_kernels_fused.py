@@ -242,7 +242,7 @@ def test_linear_ce_fp8_within_its_error_bounds(chunk_rows: int | None) -> None:
                          ids=["one_group", "groups", "short_last_group"])
 def test_linear_ce_fp8_grad_w_within_its_error_bounds(N: int, chunk_rows: int | None, monkeypatch) -> None:
     """All three matmuls in FP8 (``triton_impl_fp8_grad_w``) on bf16 inputs against fp64 maths: the loss and
-    grad_h are ``triton_impl_fp8``'s bit for bit, grad_W within 5%; and against ``reference_fp8``'s arithmetic
+    grad_h are ``triton_impl_fp8``'s to rounding, grad_W within 5%; and against ``reference_fp8``'s arithmetic
     (fp32 matmuls of the same fp8 values) to accumulation order. Groups of 2 chunks in the last two cases."""
     monkeypatch.setattr(linear_ce, "_GRAD_W_GROUP_ELEMENTS", 32768 * 2048)
     h, weight, targets = ce_inputs(N, 768, 32768, torch.bfloat16)
@@ -253,9 +253,12 @@ def test_linear_ce_fp8_grad_w_within_its_error_bounds(N: int, chunk_rows: int | 
     w64 = weight.detach().double().requires_grad_()
     truth = loss_and_grads(linear_ce.reference, h64, w64, targets)
     errors = {"grad_w": (rel_err(ours[2], truth[2]), rel_err(fp8[2], truth[2])),
-              "grad_w_vs_emulated": rel_err(ours[2], emulated[2])}
+              "grad_w_vs_emulated": rel_err(ours[2], emulated[2]),
+              "loss_vs_fp8": rel_err(ours[0], fp8[0]), "grad_h_vs_fp8": rel_err(ours[1], fp8[1])}
     print("fp8 grad_W vs bf16 grad_W, relative errors against fp64:", errors)
-    assert torch.equal(ours[0], fp8[0]) and torch.equal(ours[1], fp8[1])
+    # The row kernel runs two passes here (keep_logits) and one in triton_impl_fp8: the same maths, summed in
+    # another order, so a gradient value can round to the neighbouring e5m2 value.
+    assert errors["loss_vs_fp8"] < 1e-6 and errors["grad_h_vs_fp8"] < 1e-3, errors
     assert ours[2].dtype == torch.bfloat16
     assert errors["grad_w"][0] < 5e-2 and errors["grad_w_vs_emulated"] < 1e-2, errors
     assert errors["grad_w"][0] > errors["grad_w"][1], errors  # it is the FP8 path

@@ -316,8 +316,8 @@ out = {}
 # the fp8 copy alone (keep_logits, as the FP8 weight gradient runs it).
 cases = [(v, g, True) for v, g in itertools.product((32768, 151936), (0.0, lc.GRAD8_SCALE))]
 for vocab, grad8_scale, write_bf16 in cases + [(32768, lc.GRAD8_SCALE, False)]:
-    one_pass = vocab <= lc._ONE_PASS_MAX_V
-    block = triton.next_power_of_2(vocab) if one_pass else lc._BLOCK_V
+    one_pass = vocab <= lc._ONE_PASS_MAX_V and write_bf16  # the fp8-only launch is two-pass at any vocabulary
+    block = triton.next_power_of_2(vocab) if one_pass else lc._BLOCK_V if write_bf16 else lc._FP8_ONLY_BLOCK_V
     ce = dict(V=vocab, WRITE_GRAD=True, BLOCK_V=block, ONE_PASS=one_pass, GRAD8_SCALE=grad8_scale,
               GRAD8_CVT=bool(grad8_scale),  # the GPU's conversion instruction, as a CUDA launch picks
               WRITE_BF16=write_bf16)
@@ -325,7 +325,7 @@ for vocab, grad8_scale, write_bf16 in cases + [(32768, lc.GRAD8_SCALE, False)]:
                  "n_valid_ptr": "*i64", "ignore_index": "i32", "grad8_ptr": "*u8" if grad8_scale else "*fp32"}
     signature |= dict.fromkeys(ce, "constexpr")
     aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 6)}  # as the JIT sees real launches
-    warps = lc._ONE_PASS_WARPS if one_pass else lc._TWO_PASS_WARPS
+    warps = lc._ONE_PASS_WARPS if one_pass else lc._TWO_PASS_WARPS if write_bf16 else lc._FP8_ONLY_WARPS
     out[f"V={vocab} fp8={bool(grad8_scale)}" + ("" if write_bf16 else " fp8 only")] = ptx_and_ptxas(lc._cross_entropy_rows_kernel, signature, ce,
                                                                aligned, warps)
 print(json.dumps(out))

@@ -60,6 +60,12 @@ _TWO_PASS_WARPS = 8
 # are 64 a thread.
 _ONE_PASS_MAX_V = 32768
 _ONE_PASS_WARPS = 16
+# The launch when only the e5m2 copy is written (keep_logits, the FP8 weight gradient): two passes over 8192-wide
+# blocks at 8 warps, the second read served from L2. On an H200 at a 4096 x 32768 chunk 171.0 us against 201.2
+# for the one-pass default and 185.7-187.3 for two passes over 2048- or 4096-wide blocks (bench_ce_rows.py --fp8,
+# docs/benchmarks/2026-11-28_issue7_session23/h200_ce_rows_sweep.json).
+_FP8_ONLY_BLOCK_V = 8192
+_FP8_ONLY_WARPS = 8
 # Static scale of the fp8 (e5m2) copy of the logits' gradient: softmax - onehot lies in [-1, 1], so the
 # copy's largest magnitude is 2**15 (e5m2's max is 57344) and e5m2's smallest normal, 2**-14, stands for
 # 2**-29: softmax values smaller than that (they contribute < 2**-29 of a row's weight) become subnormal.
@@ -219,6 +225,8 @@ def cross_entropy_rows(logits_CV: torch.Tensor, targets_C: torch.Tensor, loss_C:
     compare.
     """
     C, V = logits_CV.shape
+    if keep_logits and one_pass is None:
+        one_pass, block_v, num_warps = False, block_v or _FP8_ONLY_BLOCK_V, num_warps or _FP8_ONLY_WARPS
     if one_pass is None:
         one_pass = V <= _ONE_PASS_MAX_V
     block_v = triton.next_power_of_2(V) if one_pass else min(block_v or _BLOCK_V, triton.next_power_of_2(V))

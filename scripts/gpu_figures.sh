@@ -53,8 +53,8 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_grad_w_quality|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|fp8_grad_w_trainer|fp8_grad_w_step|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_grad_w_quality|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|fp8_grad_w_trainer|fp8_grad_w_step|startup|delta|binary|optim_ab}
+out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_grad_w_quality|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|fp8_grad_w_trainer|fp8_grad_w_step|fp8_grad_w_350|startup|delta|binary|optim_ab}
+part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_grad_w_quality|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|fp8_grad_w_trainer|fp8_grad_w_step|fp8_grad_w_350|startup|delta|binary|optim_ab}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -200,7 +200,7 @@ case $part in
         xz -dc .quack/a/ir.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so || exit 1
         du -sh /tmp/q/site-packages
         ;;
-    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|fp8_grad_w_trainer|fp8_grad_w_step)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
+    fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|fp8_grad_w_trainer|fp8_grad_w_step|fp8_grad_w_350)  # --fused-mlp (quack's GEMMs; the trainer's default on the H100), after quack_stage
         [ -d /tmp/q/site-packages/quack ] || { echo "no /tmp/q/site-packages/quack: run the quack_stage part first, on this warm machine" >&2; exit 2; }
         python3 -m zipfile -e .quack/b/*.whl /tmp/q/site-packages || exit 1
         xz -dc .quack/b/rt.so.xz > /tmp/q/site-packages/nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so || exit 1
@@ -329,6 +329,9 @@ case $part in
                 bench bench_train_fp8_grad_w_step 540 python3 scripts/bench_train.py --presets 124m --contenders plain \
                     sigma sigma_fp8_bf16_grad_w --steps 8 --repeats 5 --warmup 3 --json "$out/bench_train_fp8_grad_w_step.json" \
                     --profile "$out" ;;
+            fp8_grad_w_350)  # the 350m step with the head's FP8 weight gradient (sigma) and with a bf16 one
+                bench bench_train_fp8_grad_w_350m 330 python3 scripts/bench_train.py --presets 350m --contenders sigma \
+                    sigma_fp8_bf16_grad_w --steps 6 --repeats 3 --warmup 3 --json "$out/bench_train_fp8_grad_w_350m.json" ;;
             fused_cache_test)  # only the compile-cache GPU test (tiny preset, quack's cache in the checkpoint folder)
                 bench gpu_test_compile_cache 300 python3 -m pytest -q tests/test_gpu.py -k compile_cache ;;
             fused_seed_check)  # the MLP alone from a new cache seeded by the trainer's code: compiles, tunes nothing

@@ -221,8 +221,8 @@ def cross_entropy_rows(logits_CV: torch.Tensor, targets_C: torch.Tensor, loss_C:
     ``grad8_CV`` (contiguous, e5m2, the shape of ``logits_CV``; needs ``write_grad``) also receives the
     gradient times ``n_valid * GRAD8_SCALE``; with ``keep_logits`` it is the only gradient written and
     ``logits_CV`` is left unchanged. ``one_pass``, ``num_warps`` and the two-pass kernel's ``block_v``
-    default to what ``scripts/bench_ce_rows.py`` measured fastest on the H100; the benchmark passes them to
-    compare.
+    default to what ``scripts/bench_ce_rows.py`` measured fastest: on the H100, and for ``keep_logits`` (first
+    measured in session 23, when no H100 was lent) on an H200; the benchmark passes them to compare.
     """
     C, V = logits_CV.shape
     if keep_logits and one_pass is None:

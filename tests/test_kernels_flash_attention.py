@@ -191,3 +191,23 @@ def test_flash_attention_from_the_lock_imports() -> None:
                         "print(callable(i._flash_attn_fwd) and callable(i._flash_attn_bwd))"],
                        capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr[-2000:]
+
+
+def test_only_the_cute_dsl_aux_data_warning_is_silenced() -> None:
+    """The CuTe DSL's warning about FlashAttention's ``aux_data`` argument, as an H200 run printed it, is not
+    shown once the kernel module is imported; another UserWarning from the same place still is."""
+    import warnings
+
+    from model.kernels import flash_attention  # noqa: F401  (importing it installs the filter)
+
+    aux = ("Argument aux_data (position 17) cannot be converted to a JitArgument for function "
+           "'cutlass___call___flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90_object_at__Tensorgmem'. Its type "
+           "`<class 'flash_attn.cute.utils.AuxData'>` is not supported.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        warnings.filters[:0] = [f for f in warnings.filters if f[1] is not None
+                                and f[1].pattern == flash_attention.AUX_DATA_WARNING]  # the module's filter first
+        warnings.warn(aux, UserWarning, stacklevel=1)
+        warnings.warn("Argument other (position 3) cannot be converted to a JitArgument", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["Argument other (position 3) cannot be converted to a JitArgument"]
+

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,6 +29,12 @@ import torch
 from model.decoder import causal_attention_reference
 
 reference = causal_attention_reference
+
+# At each kernel's first compile the CuTe DSL warns that FlashAttention's ``aux_data`` argument (None in these
+# calls) "cannot be converted to a JitArgument": harmless, and printed twice a run, forward and backward
+# (flash-attn-4 4.0.0b36, cutlass-dsl 4.8.1). Only that message is silenced.
+AUX_DATA_WARNING = r"Argument aux_data \(position \d+\) cannot be converted to a JitArgument"
+warnings.filterwarnings("ignore", message=AUX_DATA_WARNING, category=UserWarning)
 
 MIN_CAPABILITY = (9, 0)  # FlashAttention 4's kernels are Hopper's (sm_90) and Blackwell's
 AUTO_CAPABILITIES = ((9, 0),)  # where --flash-attention auto turns it on: measured there (H100, H200)

@@ -12,10 +12,11 @@ Why: the kernel is bandwidth-bound (PERFORMANCE.md, the 124m profile: 4.3 ms a s
 so reading each row once instead of twice is up to a third less time. The winner is
 ``cross_entropy_rows``'s default.
 
-With ``--fp8`` it then times, at the default launch, what the FP8 weight gradient
-(``linear_ce.triton_impl_fp8_grad_w``) changes: the row kernel writing the bf16 gradient and its e5m2 copy
-(the FP8 head as ``sigma`` runs it) against the e5m2 copy alone (``keep_logits``), and ``transpose_fp8``
-of that copy into a column slice of a (V, 8 chunks) buffer at several tiles, next to torch's own strided copy.
+With ``--fp8`` it then times what the FP8 weight gradient (``linear_ce.triton_impl_fp8_grad_w``) changes:
+the row kernel writing the bf16 gradient and its e5m2 copy (the FP8 head with a bf16 weight gradient)
+against the e5m2 copy alone (``keep_logits``), each at the default launch and at three two-pass ones, and
+``transpose_fp8`` of that copy into a column slice of a (V, 8 chunks) buffer at several tiles, next to
+torch's own strided copy.
 """
 
 from __future__ import annotations

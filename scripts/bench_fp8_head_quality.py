@@ -17,10 +17,10 @@ initial weights, in three arms:
                   (``reference_fp8(fp8_grad_w=True)``; on CUDA ``triton_impl_fp8_grad_w``).
 
 It prints the held-out loss (computed exactly in every arm) every ``--eval-every`` steps, and each arm's
-difference from ``exact`` (from the first arm named when ``exact`` is not run). On the CPU the parameters are fp32 and Newton–Schulz runs in fp32; with
-``--device cuda`` both are bf16, as the trainer runs them on a GPU. Neither changes the FP8 quantisation
-being measured: h and W in e4m3, the logits' gradient in e5m2. Small model, short run:
-evidence about the head's noise, not a substitute for a long GPU run.
+difference from ``exact`` (from the first arm named when ``exact`` is not run). On the CPU the parameters
+are fp32 and Newton–Schulz runs in fp32; with ``--device cuda`` both are bf16, as the trainer runs them on
+a GPU. Neither changes the FP8 quantisation being measured: h and W in e4m3, the logits' gradient in e5m2.
+Small model, short run: evidence about the head's noise, not a substitute for a long GPU run.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def variant(name: str) -> Callable:
     if name in OURS:
         from model.kernels import linear_ce
 
-        return torch.compile(getattr(linear_ce, OURS[name]), dynamic=False)  # as the model runs it: the FP8 casts fused into their producers
+        # compiled as the model runs it: the FP8 casts fused into their producers
+        return torch.compile(getattr(linear_ce, OURS[name]), dynamic=False)
     from quack import linear_cross_entropy as lce
 
     if name == "quack_scaled_exp":

@@ -92,8 +92,7 @@ from training.metrics import ResourceSampler  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
 CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw", "sigma_flip", "sigma_fp8", "sigma_fp8_bf16_grad_w",
-              "sigma_bf16_head",
-              "sigma_fp8_linears", "sigma_unfused_mlp", "sigma_sdpa")
+              "sigma_bf16_head", "sigma_fp8_linears", "sigma_unfused_mlp", "sigma_sdpa")
 # What a plain run times: the two baselines, our stack, and the same model with fused AdamW. Each contender
 # compiles for up to a minute on an H100, so the A/B ones (flip, FP8 / bf16 head) are named when wanted.
 DEFAULT_CONTENDERS = ("hf_qwen3", "plain", "sigma", "sigma_adamw")

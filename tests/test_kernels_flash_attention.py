@@ -198,7 +198,7 @@ def test_only_the_cute_dsl_aux_data_warning_is_silenced() -> None:
     shown once the kernel module is imported; another UserWarning from the same place still is."""
     import warnings
 
-    from model.kernels import flash_attention  # noqa: F401  (importing it installs the filter)
+    from model.kernels import flash_attention  # importing it installs the filter
 
     aux = ("Argument aux_data (position 17) cannot be converted to a JitArgument for function "
            "'cutlass___call___flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90_object_at__Tensorgmem'. Its type "

@@ -53,8 +53,9 @@
 #                                            # machine) against this tree, alternating, twice each, in one call
 # Each benchmark writes OUT_DIR/<name>.log (and .json where it has one); the tail of each is printed.
 set -u
-out=${1:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_grad_w_quality|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|fp8_grad_w_trainer|fp8_grad_w_step|fp8_grad_w_350|startup|delta|binary|optim_ab}
-part=${2:?usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_grad_w_quality|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|fp8_grad_w_trainer|fp8_grad_w_step|fp8_grad_w_350|startup|delta|binary|optim_ab}
+usage="usage: scripts/gpu_figures.sh OUT_DIR step|step350|ab|ab_qk|fp8|fp8_350|fp8_quality|fp8_quality_mixed|fp8_grad_w_quality|fp8_quality_long|fp8_linears|quack_stage|fused|fused_tests|fused_350|fused_pin|fused_seeded|fused_seed_check|fused_binary|fused_binary_source|fused_main_job|fused_startup|fused_cache_test|attention|fa4|fa4_more|fa4_main_job|fa4_rest|main_job_profile|lm_head|fp8_grad_w|fp8_grad_w_trainer|fp8_grad_w_step|fp8_grad_w_350|startup|delta|binary|optim_ab"
+out=${1:?$usage}
+part=${2:?$usage}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)  # absolute: optim_ab runs a part from .ab_before/
@@ -142,17 +143,15 @@ case $part in
                 --json "$out/bench_train_fp8_linears_$recipe.json"
         done
         ;;
-    fp8_quality_mixed)  # 600 steps of 16 x 1024 tokens: 9.8M of the corpus's 11.8M training tokens
-        bench fp8_head_quality_124m_mixed 575 python3 scripts/bench_fp8_head_quality.py \
+    fp8_quality_mixed|fp8_grad_w_quality)  # 600 steps of 16 x 1024 tokens: 9.8M of the corpus's 11.8M training
+        # tokens; fp8_quality_mixed: the exact head against the FP8 one, fp8_grad_w_quality: the FP8 head against the
+        # same with its weight gradient in FP8
+        if [ "$part" = fp8_quality_mixed ]; then name=fp8_head_quality_124m_mixed arms=(exact fp8)
+        else name=fp8_grad_w_quality_124m_mixed arms=(fp8 fp8_grad_w); fi
+        bench "$name" 575 python3 scripts/bench_fp8_head_quality.py \
             --data runs/corpus_mixed.jsonl.gz --chars 100000000 --device cuda --preset 124m --vocab-size 32768 \
             --seq-len 1024 --batch-size 16 --steps 600 --warmup 30 --eval-every 100 --eval-batches 32 \
-            --seed 1337 2024 --arms exact fp8 --json "$out/fp8_head_quality_124m_mixed.json"
-        ;;
-    fp8_grad_w_quality)  # fp8_quality_mixed's runs, the FP8 head against the same with its weight gradient in FP8
-        bench fp8_grad_w_quality_124m_mixed 575 python3 scripts/bench_fp8_head_quality.py \
-            --data runs/corpus_mixed.jsonl.gz --chars 100000000 --device cuda --preset 124m --vocab-size 32768 \
-            --seq-len 1024 --batch-size 16 --steps 600 --warmup 30 --eval-every 100 --eval-batches 32 \
-            --seed 1337 2024 --arms fp8 fp8_grad_w --json "$out/fp8_grad_w_quality_124m_mixed.json"
+            --seed 1337 2024 --arms "${arms[@]}" --json "$out/$name.json"
         ;;
     fp8_quality)  # same seed, data and schedule; only --fp8-lm-head differs. Losses side by side at the end.
         job=(@train_sigma_args.txt --model-preset 124m --steps 300 --seq-len 2048 --batch-size 32 --grad-accum 1

@@ -404,7 +404,9 @@ def test_linear_ce_fp8_computes_what_it_says(row_path) -> None:
 def test_linear_ce_fp8_grad_w_computes_what_it_says(N: int, group_chunks: int, row_path, monkeypatch) -> None:
     """``triton_impl_fp8_grad_w`` against ``reference_fp8(fp8_grad_w=True)``: grad_W from the e5m2 gradient and
     h's e4m3 copy, gathered over groups of chunks (two chunks a group here, so 48 rows make a full group and a
-    half one). The loss and grad_h are exactly ``triton_impl_fp8``'s. Rows that are not a multiple of 16 fall
+    half one). The loss and grad_h are exactly ``triton_impl_fp8``'s here: at V = 200 the fp8-only row kernel's
+    two passes cover the row in one block, so it sums as the one-pass kernel does (on the GPU, at V = 32768, a few
+    e5m2 roundings differ; tests/test_gpu_kernels_fused.py bounds them). Rows that are not a multiple of 16 fall
     back to the bf16 grad_W, i.e. exactly ``triton_impl_fp8``."""
     h, weight, targets = ce_inputs(N=N, D=32, V=200)
     targets[::7] = IGNORE_INDEX

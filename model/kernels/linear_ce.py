@@ -477,9 +477,10 @@ class _ReferenceFp8(torch.autograd.Function):
         grad_logits_NV[valid_N, targets_N[valid_N]] -= 1.0
         grad_logits_NV = (grad_logits_NV * (valid_N[:, None] / n_valid.clamp(min=1))).to(h_ND.dtype).float()
         grad8_NV = (grad_logits_NV * (n_valid * GRAD8_SCALE)).to(E5M2)
-        grad_h_ND = ((grad8_NV.float() @ w8_VD.float()) * (_grad8_inv_scale(n_valid) * w_inv_scale)).to(h_ND.dtype)
+        g_inv_scale = _grad8_inv_scale(n_valid)
+        grad_h_ND = ((grad8_NV.float() @ w8_VD.float()) * (g_inv_scale * w_inv_scale)).to(h_ND.dtype)
         if fp8_grad_w:  # the same e5m2 copy against h's e4m3 one
-            grad_w_VD = ((grad8_NV.float().t() @ h8_ND.float()) * (_grad8_inv_scale(n_valid) * h_inv_scale))
+            grad_w_VD = (grad8_NV.float().t() @ h8_ND.float()) * (g_inv_scale * h_inv_scale)
         else:
             grad_w_VD = grad_logits_NV.t() @ h_ND.float()
         grad_w_VD = grad_w_VD.to(weight_VD.dtype)
